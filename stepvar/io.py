@@ -1,0 +1,87 @@
+"""Writing outputs so that nothing is ever half-written: temporary file, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from .errors import StepvarError
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the body succeeds."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise StepvarError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise StepvarError(f"output directory is not writable: {directory}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_path(path: str | Path, suffixes: dict[str, str] | None = None) -> Path:
+    """Fail early (before any compute) on an output path that cannot be written."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise StepvarError(f"unsupported output type {path.suffix or '(none)'!r} for {path}; use {', '.join(suffixes)}")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise StepvarError(f"output directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise StepvarError(f"output directory is not writable: {directory}")
+    if path.is_dir():
+        raise StepvarError(f"output path is a directory: {path}")
+    return path
+
+
+def save_image(path: str | Path, image_HW3: np.ndarray, metadata: dict | None = None) -> Path:
+    """PNG (with settings in text chunks) or JPEG, RGB, written atomically."""
+    path = check_output_path(path, IMAGE_SUFFIXES)
+    fmt = IMAGE_SUFFIXES[path.suffix.lower()]
+    img = Image.fromarray(np.ascontiguousarray(image_HW3), mode="RGB")
+    with atomic_path(path) as tmp:
+        if fmt == "PNG":
+            info = PngImagePlugin.PngInfo()
+            for key, value in (metadata or {}).items():
+                info.add_text(f"stepvar:{key}", value if isinstance(value, str) else json.dumps(value))
+            img.save(tmp, format="PNG", pnginfo=info)
+        else:
+            img.save(tmp, format="JPEG", quality=95)
+    return path
+
+
+def save_json(path: str | Path, data: dict) -> Path:
+    path = check_output_path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def save_text(path: str | Path, text: str) -> Path:
+    path = check_output_path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_png_metadata(path: str | Path) -> dict:
+    with Image.open(path) as img:
+        return {k.split(":", 1)[1]: v for k, v in img.text.items() if k.startswith("stepvar:")}

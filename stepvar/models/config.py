@@ -1,0 +1,118 @@
+"""Architecture configurations of the Infinity family, and the YAML presets that name them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+
+
+@dataclass
+class InfinityConfig:
+    """Shapes of an Infinity transformer. Every released model fixes the flags of spec §2.
+
+    Only the shape fields vary between presets; the behaviour flags (cos-attention,
+    shared AdaLN, head AdaLN, bitwise head, level embedding before block 0, star RoPE)
+    are hard-coded in the model because every released checkpoint uses them.
+    """
+
+    name: str = "custom"
+    depth: int = 32
+    width: int = 2048  # C; the conditioning width D equals C in every released model
+    heads: int = 16
+    bits: int = 32  # d: bits per token on the transformer side (4*14 = 56 with 8B's patchify)
+    text_channels: int = 2048  # Ct: width of the text encoder's features (flan-t5-xl: 2048)
+    text_maxlen: int = 512  # rows of cfg_uncond
+    block_chunks: int = 8
+    num_levels: int = 15  # rows of lvl_embed; schedules use a prefix
+    pool_heads: int | None = None  # text pooling heads; None = the official rule (Ct / 128 or 64)
+    mlp_ratio: float = 4.0
+    vae: str = "d32"  # name of the paired VAE preset (stepvar.models.bsq_vae.VAE_PRESETS)
+    patchify: bool = False  # 8B: tokens are 2x2 pixel-unshuffled VAE latents
+    default_budget: str = "1M"  # the resolution the released weights were trained for
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"{self.name}: width {self.width} is not divisible by {self.heads} heads")
+        if self.depth % self.block_chunks:
+            raise ConfigError(f"{self.name}: depth {self.depth} is not divisible by block_chunks {self.block_chunks}")
+        if self.head_dim % 4:
+            raise ConfigError(f"{self.name}: head dim {self.head_dim} must be a multiple of 4 for 2-D RoPE")
+        if self.cond_width % self.text_pool_heads:
+            raise ConfigError(f"{self.name}: width {self.width} is not divisible by {self.text_pool_heads} pooling heads")
+
+    @property
+    def cond_width(self) -> int:
+        return self.width
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        # Python's round is half-to-even, as in the official code: 32.5 -> 32 for layer32.
+        return round(self.width * self.mlp_ratio / 256) * 256
+
+    @property
+    def text_pool_heads(self) -> int:
+        if self.pool_heads is not None:
+            return self.pool_heads
+        pool_head_dim = 128 if self.cond_width <= 4096 else 64
+        return max(1, self.text_channels // pool_head_dim)
+
+    @property
+    def blocks_per_chunk(self) -> int:
+        return self.depth // self.block_chunks
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _preset_root() -> Path:
+    return Path(str(resources.files("stepvar.presets")))
+
+
+def _load_yaml(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a YAML mapping")
+    return data
+
+
+@dataclass
+class ModelPreset:
+    """A named model: architecture, paired VAE, text encoder kind, and where weights come from."""
+
+    name: str
+    arch: InfinityConfig
+    text_encoder: str  # "t5" (flan-t5-xl from a local dir), "hash" (untrained stand-in), "toy"
+    needs: list[str] = field(default_factory=list)  # what the user must supply
+    weights_file: str | None = None  # the official file name, for messages
+    vae_file: str | None = None
+    embedded: bool = False  # weights ship inside the package
+    description: str = ""
+
+
+def list_model_presets() -> list[str]:
+    return sorted(p.stem for p in (_preset_root() / "models").glob("*.yaml"))
+
+
+def load_model_preset(name: str) -> ModelPreset:
+    path = _preset_root() / "models" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(list_model_presets())}")
+    data = _load_yaml(path)
+    arch = data.pop("arch", {})
+    try:
+        cfg = InfinityConfig(name=name, **arch)
+        return ModelPreset(name=name, arch=cfg, **data)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

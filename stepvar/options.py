@@ -1,0 +1,60 @@
+"""Parsing of the option values the CLI and the Python API share (lists, per-scale tables)."""
+
+from __future__ import annotations
+
+from .errors import ConfigError
+from .schedules import ScaleSchedule, parse_size, schedule_for, schedule_for_size
+
+
+def parse_float_list(text: str | float | None, name: str) -> float | list[float] | None:
+    """'3' -> 3.0; '3,3,4' -> [3.0, 3.0, 4.0] (one value per scale)."""
+    if text is None or isinstance(text, (int, float)):
+        return text
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} must be a number or a comma list of numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    return values[0] if len(values) == 1 else values
+
+
+def parse_keep_table(text: str | None) -> dict[int, float] | None:
+    """'9:0.6,10:0.5' -> {9: 0.6, 10: 0.5} (scale index: keep ratio)."""
+    if not text:
+        return None
+    table = {}
+    for part in text.split(","):
+        try:
+            si, keep = part.split(":")
+            table[int(si)] = float(keep)
+        except ValueError:
+            raise ConfigError(f"--keep-per-scale must look like 9:0.6,10:0.5 (scale:keep), got {text!r}") from None
+    return table
+
+
+def parse_int_list(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma list of integers, got {text!r}") from None
+
+
+def choose_schedule(resolution: int | None, aspect: str | None, size: str | None, default_budget: str,
+                    token_stride: int = 16) -> ScaleSchedule:
+    """--size WxH wins; else --resolution (+ --aspect); else the model's own budget at --aspect."""
+    from .schedules import RESOLUTIONS, get_schedule, nearest_template, parse_aspect
+
+    if size is not None:
+        if resolution is not None:
+            raise ConfigError("give either --size or --resolution, not both")
+        w, h = parse_size(size)
+        return schedule_for_size(w, h, token_stride)
+    if resolution is None:
+        budget_res = {v: k for k, v in RESOLUTIONS.items()}
+        if default_budget not in budget_res:
+            raise ConfigError(f"unknown default budget {default_budget}")
+        return get_schedule(default_budget, nearest_template(parse_aspect(aspect or "1:1")), token_stride)
+    return schedule_for(resolution, aspect or "1:1", token_stride)

@@ -1,0 +1,192 @@
+"""The user-facing pipeline: named components, local loading, and a typed generation result.
+
+Phases of generate(): check inputs -> encode prompts -> sample latents (the pruner runs
+the blocks) -> decode -> images, with timings of each phase and a record of every setting.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ConfigError, StepvarError
+from .models.bsq_vae import VAE_PRESETS, BSQVAE
+from .models.config import ModelPreset, load_model_preset
+from .models.infinity import Infinity
+from .pruning.base import Dense, Pruner
+from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint8
+from .schedules import ScaleSchedule, get_schedule
+from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
+
+DEFAULT_MODEL = "small-untrained"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StepvarError("--device cuda was asked for, but torch sees no CUDA device")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise StepvarError(f"unknown --device {device!r}; use auto, cpu or cuda") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise StepvarError(f"unknown --dtype {dtype!r}; use auto, fp32 or bf16")
+    return table[dtype]
+
+
+@dataclass
+class GenerationResult:
+    images: np.ndarray  # (B, H, W, 3) uint8 RGB
+    sample: SampleOutput
+    timings: dict[str, float]
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
+class Pipeline:
+    preset: ModelPreset
+    model: Infinity
+    vae: BSQVAE
+    text_encoder: TextEncoder
+    device: torch.device
+    dtype: torch.dtype
+    trained: bool
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def codec(self) -> LatentCodec:
+        return LatentCodec(self.vae.cfg.codebook_dim, self.vae.cfg.patchify)
+
+    @property
+    def status(self) -> str:
+        return "trained" if self.trained else "untrained (random weights)"
+
+    def schedule(self, budget: str | None = None, template: float = 1.0) -> ScaleSchedule:
+        return get_schedule(budget or self.preset.arch.default_budget, template, self.vae.cfg.token_stride)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
+                 sampling: SamplingConfig | None = None, on_scale=None, decode: bool = True,
+                 keep_hidden: bool = False) -> GenerationResult:
+        # 1. check inputs
+        prompts = check_prompts([prompts] if isinstance(prompts, str) else list(prompts))
+        schedule = schedule or self.schedule()
+        sampling = sampling or SamplingConfig()
+        pruner = pruner or Dense()
+        if schedule.token_stride != self.vae.cfg.token_stride:
+            raise ConfigError(f"schedule token stride {schedule.token_stride} != VAE token stride {self.vae.cfg.token_stride}")
+        # 2. encode prompts
+        t0 = time.perf_counter()
+        text, mask = self.text_encoder.encode(prompts, self.device)
+        t1 = time.perf_counter()
+        # 3. sample latents
+        out = sample(self.model, text, mask, schedule, self.codec, sampling, pruner, on_scale, keep_hidden)
+        t2 = time.perf_counter()
+        # 4. decode
+        if decode:
+            img = self.vae.decode(out.latent_BdHW.to(next(self.vae.parameters()).dtype))
+            images = to_uint8(img).numpy()
+        else:
+            images = np.zeros((len(prompts), 0, 0, 3), np.uint8)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t3 = time.perf_counter()
+        timings = {"text_s": t1 - t0, "transformer_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0}
+        record = self.record(prompts, schedule, pruner, sampling, timings)
+        return GenerationResult(images, out, timings, record)
+
+    def record(self, prompts, schedule, pruner, sampling, timings) -> dict:
+        """Everything needed to reproduce an output, saved beside it."""
+        return {
+            "stepvar_version": __version__,
+            "prompts": prompts,
+            "seed": sampling.seed,
+            "model": self.preset.name,
+            "model_status": self.status,
+            "sources": self.sources,
+            "text_encoder": self.text_encoder.name,
+            "schedule": schedule.to_dict(),
+            "sampling": {"cfg": sampling.cfg, "tau": sampling.tau, "top_p": sampling.top_p},
+            "pruning": pruner.config_dict(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "timings": timings,
+        }
+
+
+def _build_untrained(preset: ModelPreset, seed: int) -> tuple[Infinity, BSQVAE]:
+    torch.manual_seed(seed)  # random weights are reproducible, so their outputs are comparable
+    model = Infinity(preset.arch)
+    vae = BSQVAE(VAE_PRESETS[preset.arch.vae])
+    return model, vae
+
+
+def load_pipeline(model: str | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
+                  text_encoder: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+                  init_seed: int = 0) -> Pipeline:
+    """Build a pipeline from a preset and local files. Nothing is ever downloaded.
+
+    With no weights, the preset's architecture runs with seeded random weights and the
+    pipeline says so (status "untrained"). Official weights need --weights, --vae and
+    --text-encoder pointing at local files.
+    """
+    preset = load_model_preset(model or DEFAULT_MODEL)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    sources: dict[str, str] = {}
+    if weights is None:
+        if vae is not None:
+            raise StepvarError("--vae was given without --weights; give both, or neither for random weights")
+        net, ae = _build_untrained(preset, init_seed)
+        sources["weights"] = f"random init (seed {init_seed})"
+        trained = False
+    else:
+        from .loading.checkpoints import load_model_weights, load_vae_weights
+
+        if vae is None:
+            raise StepvarError(f"--weights needs --vae too (the {preset.name} preset pairs with {preset.vae_file})")
+        with torch.device("meta"):
+            net = Infinity(preset.arch)
+        load_model_weights(net, weights, preset.name)
+        net.init_buffers()
+        ae = BSQVAE(VAE_PRESETS[preset.arch.vae])
+        load_vae_weights(ae, vae)
+        sources.update(weights=str(weights), vae=str(vae))
+        trained = True
+    enc = _make_text_encoder(preset, text_encoder, dev, trained)
+    if text_encoder is not None:
+        sources["text_encoder"] = str(text_encoder)
+    if enc.channels != preset.arch.text_channels:
+        raise StepvarError(f"text encoder width {enc.channels} != model text_channels {preset.arch.text_channels}")
+    net.to(dev).eval()
+    ae.to(dev).eval()
+    if dt != torch.float32:
+        net.cast_blocks(dt)
+    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources)
+
+
+def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:
+    if preset.text_encoder == "t5":
+        if directory is not None:
+            return T5TextEncoder(directory, device)
+        if trained:
+            raise StepvarError(f"{preset.name} needs --text-encoder DIR (a local flan-t5-xl directory)")
+        return HashTextEncoder(preset.arch.text_channels, max_tokens=min(64, preset.arch.text_maxlen))
+    if preset.text_encoder == "hash":
+        return HashTextEncoder(preset.arch.text_channels, max_tokens=preset.arch.text_maxlen)
+    raise StepvarError(f"preset {preset.name}: unknown text encoder kind {preset.text_encoder!r}")

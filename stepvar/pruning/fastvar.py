@@ -1,0 +1,150 @@
+"""FastVAR (ICCV 2025) as released, and its variants (spec fastvar.md).
+
+Per pruned layer and scale, each of SA, CA and FFN re-scores the current full-length
+state by squared distance to the row's mean token, runs on the kept tokens (score order),
+and fills the other positions from that branch's output cached at the last dense scale,
+area-resized to the current grid. The residual stream stays dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..schedules import ScaleSchedule
+from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch, run_dense_stack
+from .plan import ResolvedPlan, dense_layer_split, resolve_keep, resolve_scales
+from .propagation import scatter_kept
+from .scores import dc_score, keep_count, select_topk
+
+# The Infinity-2B release: prune ratios keyed by grid width, and the widths it skips.
+RELEASE_PRUNE_BY_WIDTH = {32: 0.4, 40: 0.5}
+RELEASE_SKIP_WIDTHS = (48, 64)
+
+
+@dataclass
+class FastVARConfig:
+    keep: float | list | dict | None = None  # None = the release ratios (by width) where they apply
+    scales: list[int] | None = None  # pruned scales; None = release widths, else the StepVAR default rule
+    first_scale: int | None = None
+    skip: list[int] | None = None  # scales that run no blocks at all (fastvar-skip: the last two)
+    dense_prefix: int | None = None  # None = 3 of 32 layers, scaled to depth (release: layers 3-27 pruned)
+    dense_suffix: int | None = None  # None = 4 of 32
+    rounding: str = "fastvar"  # keep L - int(L * prune_ratio), as released
+    cache_scale: int | None = None  # None = the last unpruned, unskipped scale before the first pruned one
+    extra: dict = field(default_factory=dict)
+
+
+def _release_keep(schedule: ScaleSchedule) -> dict[int, float]:
+    """{scale: keep} of the width rule; empty when no scale has a release width."""
+    return {i: round(1.0 - RELEASE_PRUNE_BY_WIDTH[s.w], 10)
+            for i, s in enumerate(schedule.scales) if s.w in RELEASE_PRUNE_BY_WIDTH}
+
+
+class FastVAR(Pruner):
+    name = "fastvar"
+
+    def __init__(self, cfg: FastVARConfig | None = None, name: str | None = None):
+        self.cfg = cfg or FastVARConfig()
+        if name:
+            self.name = name
+        self.plan: ResolvedPlan | None = None
+        self.skip_set: set[int] = set()
+
+    # ---- planning --------------------------------------------------------------------
+    def resolve(self, schedule: ScaleSchedule, depth: int) -> tuple[ResolvedPlan, set[int], int]:
+        c = self.cfg
+        n = len(schedule)
+        skip = set(resolve_scales(c.skip, None, schedule)) if c.skip else set()
+        release = _release_keep(schedule) if schedule.template == 1.0 else {}
+        if c.scales is None and c.first_scale is None and c.keep is None and release:
+            keep = release
+        else:
+            scales = resolve_scales(c.scales, c.first_scale, schedule)
+            keep = resolve_keep(0.6 if c.keep is None else c.keep, scales)
+        keep = {si: k for si, k in keep.items() if si not in skip}
+        if not keep and not skip:
+            raise ConfigError("fastvar: no scale to prune or skip on this schedule; set scales and keep explicitly")
+        first, end = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
+        active = sorted(set(keep) | skip)
+        cache = c.cache_scale if c.cache_scale is not None else active[0] - 1
+        cache = cache + n if cache < 0 else cache
+        if keep and not (0 <= cache < min(keep)) or cache in keep or cache in skip:
+            raise ConfigError(f"fastvar cache scale {cache} must be a dense scale before the first pruned scale {min(keep)}")
+        return ResolvedPlan(keep, first, end), skip, cache
+
+    def validate(self, schedule: ScaleSchedule, depth: int) -> None:
+        self.resolve(schedule, depth)
+
+    def begin(self, schedule: ScaleSchedule, depth: int) -> None:
+        self.plan, self.skip_set, self.cache_si = self.resolve(schedule, depth)
+        cache_scale = schedule.scales[self.cache_si]
+        self.cache_grid = (cache_scale.h, cache_scale.w)
+        self.branch_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+    def skips(self, si: int) -> bool:
+        return si in self.skip_set
+
+    def pruned_scales(self, schedule: ScaleSchedule) -> list[int]:
+        plan, _, _ = self.resolve(schedule, 10**6)
+        return sorted(plan.keep)
+
+    def config_dict(self) -> dict:
+        out = super().config_dict()
+        if self.plan is not None:
+            out["resolved"] = {"keep": self.plan.keep, "skip": sorted(self.skip_set), "cache_scale": self.cache_si,
+                               "pruned_layers": [self.plan.first_layer, self.plan.end_layer - 1]}
+        return out
+
+    # ---- execution -------------------------------------------------------------------
+    def run_scale(self, run: ScaleRun) -> torch.Tensor:
+        if run.si == self.cache_si:
+            return self._run_dense_caching(run)
+        if not self.plan.prunes(run.si):
+            return run_dense_stack(run)
+        L = run.scale.n
+        k = keep_count(L, self.plan.keep[run.si], rounding=self.cfg.rounding)
+        if k >= L:
+            return run_dense_stack(run)
+        return self._run_pruned(run, k)
+
+    def _run_dense_caching(self, run: ScaleRun) -> torch.Tensor:
+        """The cache scale: dense, recording each pruned layer's three gated branch outputs."""
+        cos, sin = run.rope(run.pos_L2)
+        x = run.x_BLC
+        for layer, blk in enumerate(run.model.blocks):
+            if not (self.plan.first_layer <= layer < self.plan.end_layer):
+                x = run_block_dense(run, layer, x, cos, sin)
+                continue
+            for name in BRANCHES:
+                y = run_branch(blk, name, x, run.cond.mods[layer], cos, sin, run, layer)
+                run.count(layer, name, x.shape[1])
+                self.branch_cache[(layer, name)] = y
+                x = x + y
+        return x
+
+    def _restore_base(self, layer: int, name: str, run: ScaleRun) -> torch.Tensor:
+        """The cached branch output, area-resized from the cache grid to the current grid: (B, L, C)."""
+        y = self.branch_cache[(layer, name)]
+        ch, cw = self.cache_grid
+        h, w = run.grid
+        y_BChw = y.transpose(1, 2).unflatten(2, (ch, cw))
+        return F.interpolate(y_BChw, size=(h, w), mode="area").flatten(2).transpose(1, 2)
+
+    def _run_pruned(self, run: ScaleRun, k: int) -> torch.Tensor:
+        cos, sin = run.rope(run.pos_L2)
+        x = run.x_BLC
+        for layer, blk in enumerate(run.model.blocks):
+            if not (self.plan.first_layer <= layer < self.plan.end_layer):
+                x = run_block_dense(run, layer, x, cos, sin)
+                continue
+            for name in BRANCHES:
+                idx = select_topk(dc_score(x), k, order="score")  # re-scored per sub-layer, per row
+                cos_k, sin_k = run.rope(run.pos_L2[idx])
+                y_kept = run_branch(blk, name, gather_rows(x, idx), run.cond.mods[layer], cos_k, sin_k, run, layer)
+                run.count(layer, name, k)
+                x = x + scatter_kept(self._restore_base(layer, name, run), idx, y_kept)
+        return x

@@ -1,0 +1,54 @@
+"""Methods by name, built from YAML presets (presets/methods/*.yaml) plus overrides.
+
+A preset names its engine (`method: stepvar` or `method: fastvar`) and sets config
+fields; anything given on the command line overrides the preset, and the resolved
+settings are saved with every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models.config import _load_yaml, _preset_root
+from .base import Dense, Pruner
+from .fastvar import FastVAR, FastVARConfig
+from .stepvar import StepVAR, StepVARConfig
+
+ENGINES = {"stepvar": (StepVAR, StepVARConfig), "fastvar": (FastVAR, FastVARConfig)}
+
+
+def list_methods() -> list[str]:
+    return sorted(p.stem for p in (_preset_root() / "methods").glob("*.yaml"))
+
+
+def method_preset(name: str) -> dict:
+    path = _preset_root() / "methods" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
+    return _load_yaml(path)
+
+
+def make_pruner(name: str, keep: float | list | dict | None = None, **overrides) -> Pruner:
+    """Build a method by preset name. keep=None keeps the preset's own keep ratios."""
+    data = dict(method_preset(name))
+    engine = data.pop("method", name)
+    data.pop("description", None)
+    if engine == "dense":
+        return Dense()
+    if engine not in ENGINES:
+        raise ConfigError(f"method preset {name!r} names an unknown engine {engine!r}")
+    cls, cfg_cls = ENGINES[engine]
+    if keep is not None:
+        data["keep"] = keep
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"method {name!r}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    return cls(cfg_cls(**data), name=name)
+
+
+def describe_methods() -> list[tuple[str, str]]:
+    return [(n, method_preset(n).get("description", "")) for n in list_methods()]

@@ -1,0 +1,201 @@
+"""The next-scale sampling loop (spec §9), with a pruner in charge of each scale's blocks.
+
+Phases per scale: level embedding -> blocks (the pruner) -> head -> CFG mix -> bit
+sampling -> accumulate codes -> next scale's input. Every method consumes the sampler RNG
+identically (all positions are sampled at every scale it runs), so paired comparisons
+with the same seed differ only through the pruning itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .models.blocks import KVCache
+from .models.infinity import Infinity
+from .pruning.base import Dense, Pruner, ScaleRun, TokenCounter
+from .schedules import ScaleSchedule
+
+
+@dataclass
+class SamplingConfig:
+    """Sampler settings. cfg and tau may be one value or one per scale."""
+
+    cfg: float | Sequence[float] = 3.0
+    tau: float | Sequence[float] = 0.5
+    top_p: float = 0.97
+    seed: int | None = 0
+
+    def per_scale(self, name: str, n: int) -> list[float]:
+        value = getattr(self, name)
+        values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+        if len(values) != n:
+            raise ConfigError(f"--{name} lists {len(values)} values but the schedule has {n} scales")
+        if name == "cfg" and any(v < 0 for v in values):
+            raise ConfigError(f"--cfg must be >= 0, got {value}")
+        if name == "tau" and any(v <= 0 for v in values):
+            raise ConfigError(f"--tau must be > 0, got {value}")
+        return values
+
+    def validate(self, n_scales: int) -> None:
+        self.per_scale("cfg", n_scales)
+        self.per_scale("tau", n_scales)
+        if not (0.0 < self.top_p <= 1.0):
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class LatentCodec:
+    """How sampled bits map to the VAE latent grid: the codebook dim and the 8B patchify."""
+
+    codebook_dim: int
+    patchify: bool = False
+
+    def bits_to_latent(self, bits_BhwD: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, d_tokens) bits -> (B, d_vae, h', w') codes on the VAE grid."""
+        x = bits_BhwD.permute(0, 3, 1, 2).float()
+        if self.patchify:
+            x = F.pixel_shuffle(x, 2)
+        return (2 * x - 1) / math.sqrt(self.codebook_dim)
+
+    def latent_to_tokens(self, z_BdHW: torch.Tensor) -> torch.Tensor:
+        """VAE-grid map -> (B, h*w, d_tokens) token features for word_embed."""
+        if self.patchify:
+            z_BdHW = F.pixel_unshuffle(z_BdHW, 2)
+        return z_BdHW.flatten(2).transpose(1, 2)
+
+    def vae_grid(self, h: int, w: int) -> tuple[int, int]:
+        return (2 * h, 2 * w) if self.patchify else (h, w)
+
+
+@dataclass
+class ScaleTiming:
+    si: int
+    grid: tuple[int, int]
+    seconds: float
+    skipped: bool = False
+
+
+@dataclass
+class SampleOutput:
+    latent_BdHW: torch.Tensor  # accumulated codes, what the VAE decodes
+    bits: list[torch.Tensor | None]  # per scale (B, h, w, d) bool; None for a skipped scale
+    timings: list[ScaleTiming]
+    counter: TokenCounter
+    kv_cache_bytes: int
+    rows: int  # model batch (2x prompts with CFG)
+    hidden: list[torch.Tensor | None] = field(default_factory=list)  # per-scale cond-row hiddens if kept
+
+
+def sample_bits(logits_BLV: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One 2-way draw per bit: logits (B, L, 2d) -> bits (B, L, d) bool.
+
+    Logits 2k and 2k+1 score bit k = 0 and 1. Top-p on a 2-way choice zeroes the
+    minority value when its probability is <= 1 - top_p.
+    """
+    B, L, V = logits_BLV.shape
+    probs = logits_BLV.float().reshape(-1, 2).softmax(-1)
+    if top_p < 1.0:
+        probs = probs.masked_fill(probs <= 1.0 - top_p, 0.0)
+    draw = torch.multinomial(probs, num_samples=1, generator=generator)
+    return draw.view(B, L, V // 2).bool()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+@torch.no_grad()
+def sample(
+    model: Infinity,
+    text_BTCt: torch.Tensor,
+    mask_BT: torch.Tensor,
+    schedule: ScaleSchedule,
+    codec: LatentCodec,
+    sampling: SamplingConfig,
+    pruner: Pruner | None = None,
+    on_scale: Callable[[int, int], None] | None = None,
+    keep_hidden: bool = False,
+) -> SampleOutput:
+    """Generate accumulated latent codes for a batch of already-encoded prompts."""
+    # 1. check inputs
+    pruner = pruner or Dense()
+    n = len(schedule)
+    if n > model.cfg.num_levels:
+        raise ConfigError(f"schedule has {n} scales but the model has only {model.cfg.num_levels} level embeddings")
+    sampling.validate(n)
+    cfgs, taus = sampling.per_scale("cfg", n), sampling.per_scale("tau", n)
+    pruner.validate(schedule, len(model.blocks))
+    pruner.begin(schedule, len(model.blocks))
+    device = text_BTCt.device
+    generator = make_generator(sampling.seed, device)
+
+    # 2. conditioning: [cond; uncond] rows only if some scale uses CFG
+    B = text_BTCt.shape[0]
+    use_cfg = any(c != 1.0 for c in cfgs)
+    if use_cfg:
+        text_BTCt = torch.cat((text_BTCt, model.uncond_text(mask_BT).to(text_BTCt)), 0)
+        mask_BT = torch.cat((mask_BT, mask_BT), 0)
+    rows = text_BTCt.shape[0]
+    cond = model.condition(text_BTCt, mask_BT)
+
+    # 3. the scale loop
+    H, W = codec.vae_grid(schedule.last.h, schedule.last.w)
+    summed = torch.zeros(B, codec.codebook_dim, H, W, device=device)
+    caches = [KVCache() for _ in model.blocks]
+    counter = TokenCounter()
+    x_BLC = model.start_tokens(cond.cond_BD)
+    bits_all: list[torch.Tensor | None] = []
+    hidden_all: list[torch.Tensor | None] = []
+    timings: list[ScaleTiming] = []
+    for si, scale in enumerate(schedule.scales):
+        _sync(device)
+        t0 = time.perf_counter()
+        if pruner.skips(si):
+            bits_all.append(None)
+            hidden_all.append(None)
+        else:
+            run = ScaleRun(model, cond, model.add_level(x_BLC, si), si, scale,
+                           schedule.positions(si).to(device), caches, counter)
+            h_BLC = pruner.run_scale(run)
+            logits = model.logits(h_BLC, cond.cond_BD) / taus[si]
+            if use_cfg:
+                logits = cfgs[si] * logits[:B] + (1 - cfgs[si]) * logits[B:]
+            bits = sample_bits(logits, sampling.top_p, generator).view(B, scale.h, scale.w, -1)
+            bits_all.append(bits)
+            hidden_all.append(h_BLC[:B].detach() if keep_hidden else None)
+            codes = codec.bits_to_latent(bits)
+            summed += codes if codes.shape[-2:] == (H, W) else F.interpolate(codes, (H, W), mode="bilinear", align_corners=False)
+        if si + 1 < n:
+            nxt = schedule.scales[si + 1]
+            z = F.interpolate(summed, codec.vae_grid(nxt.h, nxt.w), mode="bilinear", align_corners=False)
+            x_BLC = model.embed_tokens(codec.latent_to_tokens(z))
+            if use_cfg:
+                x_BLC = torch.cat((x_BLC, x_BLC), 0)
+        _sync(device)
+        timings.append(ScaleTiming(si, (scale.h, scale.w), time.perf_counter() - t0, pruner.skips(si)))
+        if on_scale is not None:
+            on_scale(si, n)
+    kv_bytes = sum(c.nbytes for c in caches)
+    return SampleOutput(summed, bits_all, timings, counter, kv_bytes, rows, hidden_all)
+
+
+def to_uint8(img_B3HW: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> (B, H, W, 3) uint8, truncating like the official conversion."""
+    x = ((img_B3HW.float().clamp(-1, 1) + 1) / 2 * 255).permute(0, 2, 3, 1)
+    return x.to(torch.uint8).cpu()
