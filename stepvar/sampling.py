@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .models.blocks import KVCache
-from .models.infinity import Infinity
+from .models.blocks import KVCache, TextContext
+from .models.infinity import Conditioning, Infinity
 from .pruning.base import Dense, Pruner, ScaleRun, TokenCounter
 from .schedules import ScaleSchedule
 
@@ -107,6 +107,17 @@ def sample_bits(logits_BLV: torch.Tensor, top_p: float, generator: torch.Generat
     return draw.view(B, L, V // 2).bool()
 
 
+def drop_uncond_rows(cond: Conditioning, caches: list[KVCache], x_BLC: torch.Tensor, B: int):
+    """Keep only the first B (conditional) rows of everything that carries batch rows."""
+    rows = torch.arange(B, device=x_BLC.device)
+    text = TextContext(cond.text.kv_BTD[:B], cond.text.mask_BT[:B],
+                       {layer: (k[:B], v[:B]) for layer, (k, v) in cond.text.ca_kv.items()})
+    for c in caches:
+        if c.k is not None:
+            c.k, c.v = c.k[:B], c.v[:B]
+    return Conditioning(cond.cond_BD[:B], [m.rows(rows) for m in cond.mods], text), x_BLC[:B]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -166,6 +177,10 @@ def sample(
     for si, scale in enumerate(schedule.scales):
         _sync(device)
         t0 = time.perf_counter()
+        if use_cfg and all(c == 1.0 for c in cfgs[si:]):
+            # No later scale mixes in the unconditional branch: stop computing it.
+            cond, x_BLC = drop_uncond_rows(cond, caches, x_BLC, B)
+            use_cfg = False
         if pruner.skips(si):
             bits_all.append(None)
             hidden_all.append(None)

@@ -217,6 +217,38 @@ def methods(as_json: JsonOpt = False) -> None:
     run_guarded(body)
 
 
+@app.command()
+def overhead(
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture whose width and depth are used.")] = "infinity-2b",
+    resolution: Annotated[int, typer.Option("--resolution", "-r", help="Nominal resolution; the last scale is measured.")] = 1024,
+    keep: Annotated[float, typer.Option(help="Keep ratio.")] = 0.4,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 3,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Time StepVAR's selection + propagation against the dense block stack of the same scale."""
+    from stepvar.overhead import measure_selection_overhead
+    from stepvar.pipeline import resolve_device
+    from stepvar.schedules import RESOLUTIONS
+
+    def body():
+        if resolution not in RESOLUTIONS:
+            raise StepvarError(f"no schedule for resolution {resolution}; choose one of {', '.join(map(str, RESOLUTIONS))}")
+        from stepvar.pruning.base import check_keep
+        check_keep(keep)
+        r = measure_selection_overhead(model, RESOLUTIONS[resolution], -1, keep, repeats=repeats,
+                                       device=str(resolve_device(device)))
+        if as_json:
+            print(json.dumps(r.to_dict()))
+            return
+        out.print(f"{model} {r.grid[0]}x{r.grid[1]} scale, width {r.width}, {r.rows} rows, keep {keep}, {r.device}, {r.threads} threads")
+        out.print(f"  selection + propagation: {r.selection_s * 1e3:.1f} ms  ({', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in r.selection_parts_s.items())})")
+        out.print(f"  one dense block: {r.block_s:.3f} s; block stack ({r.depth} layers): {r.stack_s:.2f} s")
+        out.print(f"  overhead: [bold]{100 * r.overhead_fraction:.3f}%[/] of the scale's dense block-stack time")
+
+    run_guarded(body)
+
+
 def main() -> None:
     try:
         app()

@@ -62,3 +62,13 @@ def test_sample_bits_top_p_and_pairs():
     logits = p.repeat(1, 20000, 1)
     assert not sample_bits(logits, 0.97, torch.Generator().manual_seed(1)).any()
     assert sample_bits(logits, 1.0, torch.Generator().manual_seed(1)).any()
+
+
+def test_unconditional_rows_dropped_once_cfg_is_one_for_the_rest(tiny_pipe):
+    n = len(tiny_pipe.schedule())
+    drop = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=4, cfg=[3.0] * (n - 2) + [1.0, 1.0]))
+    # the same mix, but computing the unconditional rows (a weight of 1e-7 on them keeps them alive)
+    keep = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=4, cfg=[3.0] * (n - 2) + [1.0000001] * 2))
+    assert drop.sample.kv_cache_bytes < keep.sample.kv_cache_bytes
+    for a, b in zip(drop.sample.bits, keep.sample.bits):
+        assert (a == b).float().mean() > 0.999
