@@ -123,3 +123,16 @@ def test_every_method_preset_builds():
     assert {"dense", "stepvar", "fastvar", "fastvar-skip", "random", "texture-only", "structure-only"} <= set(list_methods())
     for m in list_methods():
         make_pruner(m)
+
+
+def test_method_variant_specs():
+    from stepvar.pruning.registry import make_pruner_from_spec, split_method_list
+
+    assert split_method_list("dense, stepvar:scales=[5,6]:norm=rank,fastvar") == [
+        "dense", "stepvar:scales=[5,6]:norm=rank", "fastvar"]
+    p = make_pruner_from_spec("stepvar:norm=rank:w_str=2", keep=0.3)
+    assert (p.cfg.norm, p.cfg.w_str, p.cfg.keep) == ("rank", 2, 0.3)
+    assert make_pruner_from_spec("stepvar:keep=0.5", keep=0.3).cfg.keep == 0.5
+    for bad in ("stepvar:norm", "nope:x=1", "stepvar:colour=red"):
+        with pytest.raises(ConfigError):
+            make_pruner_from_spec(bad)

@@ -50,5 +50,49 @@ def make_pruner(name: str, keep: float | list | dict | None = None, **overrides)
     return cls(cfg_cls(**data), name=name)
 
 
+def parse_method_spec(spec: str) -> tuple[str, dict]:
+    """'stepvar:norm=rank:w_str=2' -> ('stepvar', {'norm': 'rank', 'w_str': 2}).
+
+    Lets compare and bench put variants of one method side by side without a preset file.
+    Values are read as YAML scalars or lists ('scales=[9,10]').
+    """
+    import yaml
+
+    name, *parts = spec.strip().split(":")
+    overrides = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"method variant {spec!r}: expected name:key=value[:key=value...]")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    method_preset(name)  # unknown names fail here, with the list of known ones
+    return name, overrides
+
+
+def split_method_list(text: str) -> list[str]:
+    """Split 'dense,stepvar:scales=[9,10],fastvar' on the commas outside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    specs = [s.strip() for s in out if s.strip()]
+    if not specs:
+        raise ConfigError("--methods is empty")
+    return specs
+
+
+def make_pruner_from_spec(spec: str, keep: float | list | dict | None = None) -> Pruner:
+    name, overrides = parse_method_spec(spec)
+    pruner = make_pruner(name, keep=overrides.pop("keep", keep), **overrides)
+    pruner.name = spec.strip()
+    return pruner
+
+
 def describe_methods() -> list[tuple[str, str]]:
     return [(n, method_preset(n).get("description", "")) for n in list_methods()]
