@@ -1,0 +1,315 @@
+"""What every trainer shares: devices and autocast, the LR schedule, RNG state, atomic
+checkpoints, the JSON-lines log, and the step loop with resume.
+
+A trainer is a `Job`: named modules, one optimizer, two random generators (numpy for the
+data, a CPU torch.Generator for everything random on the torch side), a config dict, and a
+`step()` that performs one optimizer update. `run_job` drives it: it resumes from the
+checkpoint, logs, and writes checkpoints atomically. All randomness flows through the two
+generators (the global torch RNG is used only to initialise weights), and both are saved in
+every checkpoint, so a resumed run continues exactly as an uninterrupted one would.
+
+Out directory layout:
+    checkpoint.pt   the latest training state (modules, optimizer, step, RNG, config)
+    config.json     the run's configuration (written at start)
+    log.jsonl       one JSON object per logged window: step, metrics, seconds per step, elapsed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import CheckpointError, ConfigError, StepvarError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+CONFIG_NAME = "config.json"
+
+# Config fields that may change when a run is resumed: they do not affect the math.
+RESUMABLE_CHANGES = frozenset({"device", "ckpt_every", "log_every"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Device, autocast, seeds
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise StepvarError("device cuda was asked for, but torch sees no CUDA device")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise StepvarError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; CPU training stays fp32 (CPU bf16 matmuls are slow on most CPUs)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Rngs:
+    """The run's random generators: data (numpy) and torch-side draws (CPU generator)."""
+
+    data: np.random.Generator
+    torch: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "Rngs":
+        # Independent streams from one seed: numpy's SeedSequence spawns the two children.
+        data_ss, torch_ss = np.random.SeedSequence(seed).spawn(2)
+        g = torch.Generator().manual_seed(int(torch_ss.generate_state(1, np.uint64)[0] >> 1))
+        return cls(np.random.default_rng(data_ss), g)
+
+    def state(self) -> dict:
+        return {"data": self.data.bit_generator.state, "torch": self.torch.get_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.data.bit_generator.state = state["data"]
+        self.torch.set_state(state["torch"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.97)
+    warmup_steps: int = 200
+    schedule: str = "cosine"     # "cosine" (to min_lr_ratio * lr at decay_steps) or "constant"
+    decay_steps: int = 20000     # cosine horizon; fixed in the config so a resumed run keeps its LR curve
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0       # max global grad norm; 0 disables
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.decay_steps < 1:
+            raise ConfigError("optim: lr must be > 0, warmup_steps >= 0, decay_steps >= 1")
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warm-up, then constant or cosine decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.decay_steps - cfg.warmup_steps))
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# Parameters that are embeddings, gains or per-head scales: weight decay would only shrink them.
+_NO_DECAY_NAMES = ("cfg_uncond", "pos_start", "pos_embed", "lvl_embed", "tok_embed", "ada_gss", "scale_mul", "mat_q")
+
+
+def make_optimizer(named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (not biases, norms, embeddings, learned queries)."""
+    decay, no_decay = [], []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        is_matrix = p.ndim >= 2 and not any(n in name for n in _NO_DECAY_NAMES)
+        (decay if is_matrix else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lr: float, clip: float) -> float:
+    """Set the LR, clip the global grad norm, step, zero grads; returns the pre-clip norm."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and log
+# --------------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it (never a torn file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training checkpoint there")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise CheckpointError(f"{path}: cannot read training checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt or "modules" not in ckpt:
+        raise CheckpointError(f"{path}: not a stepvar training checkpoint")
+    return ckpt
+
+
+class JsonlLog:
+    """Append-only JSON-lines log; on resume, lines past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# The job interface and the loop
+# --------------------------------------------------------------------------------------------------
+
+
+class Job:
+    """One training run's state. Subclasses fill the attributes and implement step()."""
+
+    kind: str = "job"
+    modules: dict[str, nn.Module]
+    optimizer: torch.optim.Optimizer
+    rngs: Rngs
+    device: torch.device
+
+    def config_dict(self) -> dict:
+        raise NotImplementedError
+
+    def step(self, step: int) -> dict[str, float]:
+        """One optimizer update (0-based index `step`); returns scalar metrics (at least 'loss')."""
+        raise NotImplementedError
+
+    # ---- state ----------------------------------------------------------------------------
+    def state_dict(self, step: int) -> dict:
+        return {
+            "kind": self.kind,
+            "stepvar_version": __version__,
+            "step": step,
+            "config": json.loads(json.dumps(self.config_dict())),  # plain JSON types (tuples -> lists)
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rngs.state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, ckpt: dict, path: Path) -> int:
+        if ckpt["kind"] != self.kind:
+            raise CheckpointError(f"{path}: a {ckpt['kind']} checkpoint cannot resume a {self.kind} run")
+        _check_same_config(ckpt["config"], self.config_dict(), path)
+        for name, module in self.modules.items():
+            module.load_state_dict(ckpt["modules"][name])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.rngs.load_state(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        return int(ckpt["step"])
+
+
+def _check_same_config(saved: dict, current: dict, path: Path) -> None:
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(current)))  # tuples -> lists
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k.split(".")[-1] not in RESUMABLE_CHANGES)
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+        raise ConfigError(f"{path}: cannot resume with a different configuration ({shown})")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int                     # updates completed
+    checkpoint: Path
+    history: list[dict] = field(default_factory=list)  # per-step metrics of this call (not of earlier calls)
+
+    @property
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.history]
+
+
+def run_job(job: Job, out_dir: str | os.PathLike, steps: int, resume: bool | str | os.PathLike = False,
+            ckpt_every: int = 500, log_every: int = 10,
+            on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train until `steps` updates in total are done; resume=True / 'auto' / a checkpoint path.
+
+    resume=False refuses an out_dir that already holds a checkpoint (nothing is overwritten by
+    accident); 'auto' resumes when there is one and starts fresh otherwise.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log = out / CHECKPOINT_NAME, JsonlLog(out / LOG_NAME)
+    start = 0
+    if resume == "auto":
+        resume = ckpt_path.is_file()
+    if resume:
+        src = ckpt_path if resume is True else Path(resume)
+        start = job.load_state_dict(read_training_checkpoint(src), src)
+        log.truncate_after(start)
+    elif ckpt_path.is_file():
+        raise StepvarError(f"{out} already holds a training checkpoint; resume it or choose another directory")
+    else:
+        log.truncate_after(0)
+    (out / CONFIG_NAME).write_text(json.dumps({"kind": job.kind, **job.config_dict()}, indent=2) + "\n")
+
+    history, window, t_start = [], [], time.perf_counter()
+    for step in range(start, steps):
+        t0 = time.perf_counter()
+        metrics = job.step(step)
+        metrics["seconds"] = time.perf_counter() - t0
+        history.append({"step": step + 1, **metrics})
+        window.append(metrics)
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            record = {"step": done, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
+                      "elapsed": time.perf_counter() - t_start}
+            log.write(record)
+            if on_log is not None:
+                on_log(record)
+            window = []
+        if done % ckpt_every == 0 or done == steps:
+            atomic_save(job.state_dict(done), ckpt_path)
+    return TrainResult(out, max(start, steps), ckpt_path, history)

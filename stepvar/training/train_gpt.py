@@ -1,0 +1,234 @@
+"""Training the Infinity transformer and the toy text encoder on the toy world.
+
+One update:
+  1. render a batch of (prompt, image) pairs (fresh scenes every step);
+  2. frozen VAE: encode, then multi-scale residual bits (targets) and next-scale inputs, with
+     optional bitwise self-correction (spec §12: flip each bit of the first scales with a per-image
+     probability drawn from {0, 0.01, ..., strength}; labels correct the corrupted trajectory);
+  3. encode the prompts with the toy text encoder (trained jointly); with probability cfg_dropout a
+     row's text is replaced by the learned null text model.uncond_text(mask), which is what
+     classifier-free guidance uses at sampling time (spec §8);
+  4. teacher-forced forward over all scales at once (block-causal mask), cross-entropy over every
+     bit of every token (logits (B, Lt, d, 2)), averaged uniformly over tokens and bits;
+  5. AdamW with warm-up and cosine (or constant) LR, global grad-norm clipping.
+
+The checkpoint holds the transformer, the text encoder and the frozen VAE, so one file is
+enough to export the whole model (export_embedded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, ConfigError
+from ..loading.containers import save_checkpoint
+from ..models.bsq_vae import BSQVAE, VAEConfig
+from ..models.config import InfinityConfig
+from ..models.infinity import Infinity
+from ..schedules import ScaleSchedule, get_schedule
+from ..toy.grammar import MAX_TOKENS
+from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
+from .common import Job, OptimConfig, Rngs, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
+    read_training_checkpoint, resolve_device, run_job
+from .data import sample_pairs, to_model_images
+from .teacher_forcing import flat_bits, forward_teacher_forced, multiscale_targets, teacher_forced_inputs
+from .train_vae import load_trained_vae
+
+
+def toy_arch() -> InfinityConfig:
+    """The embedded model's transformer (suggested preset "toy"): ~9M parameters, 256 px in 7 scales."""
+    return InfinityConfig(name="toy", depth=8, width=256, heads=4, bits=16, text_channels=128, text_maxlen=16,
+                          block_chunks=2, pool_heads=4, vae="toy", default_budget="0.06M",
+                          description="stepvar's own model of the toy world")
+
+
+@dataclass
+class GPTTrainConfig:
+    arch: InfinityConfig = field(default_factory=toy_arch)
+    text: ToyTextConfig = ToyTextConfig()
+    budget: str = "0.06M"              # schedule trained on (square template)
+    batch_size: int = 16
+    cfg_dropout: float = 0.1           # probability a row trains the null text
+    self_correction: float = 0.0       # bit-flip strength (0 = off; the paper's script uses 0.3)
+    self_correction_scales: int | None = None  # flip on the first n scales only (None = all)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                   # bf16 autocast on CUDA (no effect on CPU)
+    ckpt_every: int = 500
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.arch, dict):
+            self.arch = InfinityConfig(**self.arch)
+        if isinstance(self.text, dict):
+            self.text = ToyTextConfig(**self.text)
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        a = self.arch
+        if a.patchify:
+            raise ConfigError("transformer training does not support the patchify variant")
+        if a.text_channels != self.text.channels:
+            raise ConfigError(f"arch.text_channels {a.text_channels} != text.channels {self.text.channels}")
+        if a.text_maxlen < MAX_TOKENS:
+            raise ConfigError(f"arch.text_maxlen {a.text_maxlen} < the grammar's MAX_TOKENS {MAX_TOKENS}")
+        if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.self_correction < 0.5:
+            raise ConfigError("cfg_dropout must be in [0, 1) and self_correction in [0, 0.5)")
+
+
+class GPTBatch(NamedTuple):
+    ids_BT: torch.Tensor                 # prompt tokens
+    bits: list[torch.Tensor]             # per-scale (B, h, w, d) labels
+    next_inputs: list[torch.Tensor]      # per-scale (B, d, h, w) inputs of scales 1..n-1
+    drop_B: torch.Tensor                 # bool, rows trained on the null text
+
+
+def bit_loss(logits_BLV: torch.Tensor, bits_BLd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over every bit ((B, L, 2d) -> (B, L, d, 2) pairs) and the bit accuracy."""
+    logits_BLd2 = logits_BLV.float().unflatten(-1, (-1, 2))  # (B, L, d, 2): pair k scores bit k = 0 / 1
+    target = bits_BLd.long()
+    loss = F.cross_entropy(logits_BLd2.reshape(-1, 2), target.reshape(-1))
+    acc = (logits_BLd2.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
+def gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, schedule: ScaleSchedule,
+             amp: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    device = batch.ids_BT.device
+    with autocast(device, amp):
+        feats, mask = text_encoder(batch.ids_BT)
+        feats = torch.where(batch.drop_B[:, None, None], model.uncond_text(mask).to(feats.dtype), feats)
+        cond = model.condition(feats, mask)  # fresh per step: its CA K/V cache must not outlive the graph
+        x = teacher_forced_inputs(model, cond.cond_BD, batch.next_inputs)
+        logits = forward_teacher_forced(model, cond, x, schedule)
+    loss, acc = bit_loss(logits, flat_bits(batch.bits))
+    last = schedule.offsets[-1][0]
+    _, acc_last = bit_loss(logits[:, last:].detach(), batch.bits[-1].flatten(1, 2))
+    values = torch.stack((loss.detach(), acc, acc_last)).tolist()  # one device sync
+    return loss, dict(zip(("loss", "bit_acc", "bit_acc_last"), values))
+
+
+class GPTJob(Job):
+    kind = "transformer"
+
+    def __init__(self, cfg: GPTTrainConfig, vae: BSQVAE):
+        if vae.cfg.codebook_dim != cfg.arch.bits or vae.cfg.patchify:
+            raise ConfigError(f"the VAE has d={vae.cfg.codebook_dim} but arch.bits is {cfg.arch.bits}")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
+        self.model = Infinity(cfg.arch).to(self.device).train()
+        self.text_encoder = ToyTextEncoder(cfg.text).to(self.device).train()
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.modules = {"transformer": self.model, "text_encoder": self.text_encoder, "vae": self.vae}
+        named = [*self.model.named_parameters(), *(("text." + n, p) for n, p in self.text_encoder.named_parameters())]
+        self.params = [p for _, p in named]
+        self.optimizer = make_optimizer(named, cfg.optim)
+        self.rngs = Rngs.from_seed(cfg.seed)
+        self.schedule = get_schedule(cfg.budget, 1.0, vae.cfg.token_stride)
+        if len(self.schedule) > cfg.arch.num_levels:
+            raise ConfigError(f"budget {cfg.budget} has {len(self.schedule)} scales > arch.num_levels {cfg.arch.num_levels}")
+
+    def config_dict(self) -> dict:
+        return {**asdict(self.cfg), "vae": asdict(self.vae.cfg)}
+
+    @torch.no_grad()
+    def next_batch(self) -> GPTBatch:
+        B = self.cfg.batch_size
+        prompts, images = sample_pairs(self.rngs.data, B, self.schedule.pixel_size[0])
+        with autocast(self.device, self.cfg.amp):
+            z = self.vae.encode(to_model_images(images, self.device))
+        grids = [(s.h, s.w) for s in self.schedule.scales]
+        targets = multiscale_targets(z, grids, self.cfg.self_correction, self.cfg.self_correction_scales, self.rngs.torch)
+        drop = torch.rand(B, generator=self.rngs.torch) < self.cfg.cfg_dropout
+        ids = ToyTextEncoder.tokenize(prompts)
+        return GPTBatch(ids.to(self.device), targets.bits, targets.next_inputs, drop.to(self.device))
+
+    def update(self, batch: GPTBatch, step: int) -> dict[str, float]:
+        loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp)
+        loss.backward()
+        lr = lr_at(step, self.cfg.optim)
+        metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
+        metrics["lr"] = lr
+        return metrics
+
+    def step(self, step: int) -> dict[str, float]:
+        return self.update(self.next_batch(), step)
+
+
+def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
+    return vae if isinstance(vae, BSQVAE) else load_trained_vae(vae)
+
+
+def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps: int,
+                      vae: BSQVAE | str | os.PathLike, resume: bool | str | os.PathLike = False,
+                      on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train (or resume) the transformer + text encoder against a frozen VAE until `steps` updates.
+
+    `vae`: a BSQVAE, or a VAE training checkpoint / run directory (train_vae's output).
+    """
+    job = GPTJob(config, _as_vae(vae))
+    return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export for shipping (the embedded model)
+# --------------------------------------------------------------------------------------------------
+
+EXPORT_FILES = {"transformer": "transformer.safetensors", "vae": "vae.safetensors",
+                "text_encoder": "text_encoder.safetensors"}
+
+
+def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """Write the three weight files (cast to `dtype`) plus model.json from a transformer checkpoint.
+
+    The files are plain state dicts in safetensors, loadable with stepvar.loading's strict loaders
+    (load_model_weights, load_vae_weights) and ToyTextEncoder.load_state_dict.
+    """
+    p = Path(checkpoint)
+    ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+    if ckpt["kind"] != "transformer":
+        raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint; export needs a transformer checkpoint")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fname in EXPORT_FILES.items():
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ckpt["modules"][name].items()}
+        save_checkpoint(sd, out / fname, "safetensors")
+    cfg = ckpt["config"]
+    meta = {"arch": cfg["arch"], "vae": cfg["vae"], "text": cfg["text"], "budget": cfg["budget"],
+            "trained_steps": ckpt["step"], "seed": cfg["seed"], "stepvar_version": ckpt["stepvar_version"],
+            "dtype": str(dtype).replace("torch.", ""), "files": EXPORT_FILES}
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cpu"):
+    """(Infinity, BSQVAE, ToyTextEncoder) from an export_embedded directory, fp32, eval mode, trained."""
+    from ..loading.checkpoints import load_model_weights, load_vae_weights
+
+    d = Path(directory)
+    meta = json.loads((d / "model.json").read_text())
+    arch = InfinityConfig(**meta["arch"])
+    model = Infinity(arch)
+    load_model_weights(model, d / EXPORT_FILES["transformer"])
+    vae = BSQVAE(VAEConfig(**meta["vae"]))
+    load_vae_weights(vae, d / EXPORT_FILES["vae"])
+    text = ToyTextEncoder(ToyTextConfig(**meta["text"]))
+    from safetensors.torch import load_file
+
+    text.load_state_dict({k: v.float() for k, v in load_file(str(d / EXPORT_FILES["text_encoder"])).items()})
+    text.trained = True
+    for m in (model, vae, text):
+        m.float().to(device).eval()
+    model.init_buffers(device)
+    return model, vae, text
+

@@ -1,0 +1,153 @@
+"""Training the BSQ VAE on rendered toy scenes.
+
+Loss (kept simple on purpose; no GAN, no perceptual network):
+    l1_weight     * |x_rec - x|                      pixel reconstruction
+  + edge_weight   * |grad x_rec - grad x|            L1 of horizontal/vertical differences: keeps
+                                                     edges and the fine textures from washing out
+  + commit_weight * ||z - sg(z_q)||^2                pulls the encoder towards what the multi-scale
+                                                     quantizer can represent (VQ-VAE commitment)
+
+z_q is the sum of the upsampled per-scale codes of the multi-scale residual quantizer
+(spec §7.4, the same function the transformer's targets come from), so the decoder is
+trained on exactly what it decodes at generation time. The quantizer has no parameters;
+gradients pass it with a straight-through estimator, z + sg(z_q - z). BSQ's entropy terms
+(per-sample entropy down, codebook entropy up) are left out to keep the loss small: the
+residual over several scales already spreads information over the bits. If a long run shows
+bits stuck at one value, they are the first thing to add.
+
+Training uses random crops (default 128 px of 256 px scenes, so texture statistics match
+the 256 px images the model generates). The VAE is fully convolutional; on a 128 px crop
+(latent 8 x 8) the schedule's grids up to 8 x 8 are used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, ConfigError
+from ..models.bsq_vae import VAE_PRESETS, BSQVAE, VAEConfig, multiscale_encode
+from ..schedules import get_schedule
+from .common import Job, OptimConfig, Rngs, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
+    read_training_checkpoint, resolve_device, run_job
+from .data import random_crops, sample_pairs, to_model_images
+
+# The embedded model's VAE (suggested preset "toy"): stride 16, d = 16, about 3M parameters.
+TOY_VAE = VAE_PRESETS["toy"]  # the embedded model's VAE
+
+
+@dataclass
+class VAETrainConfig:
+    vae: VAEConfig = TOY_VAE
+    image_size: int = 256          # scenes are rendered at this size ...
+    crop: int = 128                # ... and trained on random crops of this size (multiple of the stride)
+    batch_size: int = 16
+    budget: str = "0.06M"          # whose scale grids the multi-scale quantizer uses
+    l1_weight: float = 1.0
+    edge_weight: float = 0.5
+    commit_weight: float = 0.25
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=3e-4, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=200, decay_steps=20000, grad_clip=1.0))
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True               # bf16 autocast on CUDA (no effect on CPU)
+    ckpt_every: int = 500
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vae, dict):
+            self.vae = VAEConfig(**self.vae)
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        if self.crop % self.vae.stride or self.crop > self.image_size:
+            raise ConfigError(f"crop {self.crop} must be a multiple of the VAE stride {self.vae.stride} and <= image_size")
+        if self.vae.patchify:
+            raise ConfigError("VAE training does not support the patchify variant")
+
+
+def quantizer_grids(budget: str, latent_hw: tuple[int, int], token_stride: int = 16) -> list[tuple[int, int]]:
+    """The budget's (square-template) grids that fit the latent, ending with the latent grid itself."""
+    H, W = latent_hw
+    grids = [(s.h, s.w) for s in get_schedule(budget, 1.0, token_stride).scales if s.h <= H and s.w <= W]
+    if not grids or grids[-1] != (H, W):
+        grids.append((H, W))
+    return grids
+
+
+def _edges(x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x_B3HW[..., :, 1:] - x_B3HW[..., :, :-1], x_B3HW[..., 1:, :] - x_B3HW[..., :-1, :]
+
+
+def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts for one batch of images in [-1, 1]."""
+    device = img_B3HW.device
+    with autocast(device, cfg.amp):
+        z = vae.encoder(img_B3HW).float()  # (B, d, H, W)
+    grids = quantizer_grids(cfg.budget, tuple(z.shape[-2:]), vae.cfg.token_stride)
+    zq = multiscale_encode(z.detach(), grids).summed_BdHW
+    with autocast(device, cfg.amp):
+        rec = vae.decoder(z + (zq - z).detach()).float()  # straight-through estimator
+    l1 = (rec - img_B3HW).abs().mean()
+    (rx, ry), (tx, ty) = _edges(rec), _edges(img_B3HW)
+    edge = 0.5 * ((rx - tx).abs().mean() + (ry - ty).abs().mean())
+    commit = F.mse_loss(z, zq)
+    loss = cfg.l1_weight * l1 + cfg.edge_weight * edge + cfg.commit_weight * commit
+    with torch.no_grad():
+        psnr = 10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), img_B3HW).clamp_min(1e-10))
+        values = torch.stack((loss, l1, edge, commit, psnr)).tolist()  # one device sync
+    return loss, dict(zip(("loss", "l1", "edge", "commit", "psnr"), values))
+
+
+class VAEJob(Job):
+    kind = "vae"
+
+    def __init__(self, cfg: VAETrainConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
+        self.vae = BSQVAE(cfg.vae).to(self.device).train()
+        self.modules = {"vae": self.vae}
+        self.params = [p for p in self.vae.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.vae.named_parameters(), cfg.optim)
+        self.rngs = Rngs.from_seed(cfg.seed)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def next_batch(self) -> torch.Tensor:
+        _, images = sample_pairs(self.rngs.data, self.cfg.batch_size, self.cfg.image_size)
+        return to_model_images(random_crops(images, self.cfg.crop, self.rngs.data), self.device)
+
+    def update(self, img_B3HW: torch.Tensor, step: int) -> dict[str, float]:
+        loss, metrics = vae_loss(self.vae, img_B3HW, self.cfg)
+        loss.backward()
+        lr = lr_at(step, self.cfg.optim)
+        metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
+        metrics["lr"] = lr
+        return metrics
+
+    def step(self, step: int) -> dict[str, float]:
+        return self.update(self.next_batch(), step)
+
+
+def train_vae(config: VAETrainConfig, out_dir: str | os.PathLike, steps: int,
+              resume: bool | str | os.PathLike = False, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train (or resume training) the VAE until `steps` updates in total; checkpoints go to out_dir."""
+    job = VAEJob(config)
+    return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
+
+
+def load_trained_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> BSQVAE:
+    """The VAE of a VAE training checkpoint (a file or a run directory), in eval mode."""
+    p = Path(path)
+    ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+    if ckpt["kind"] != "vae":
+        raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint, not a VAE training checkpoint")
+    vae = BSQVAE(VAEConfig(**ckpt["config"]["vae"]))
+    vae.load_state_dict(ckpt["modules"]["vae"])
+    return vae.to(device).eval()

@@ -1,0 +1,196 @@
+"""The training path: teacher forcing equals cached sampling, training lowers the loss,
+and runs are reproducible and resumable. Tiny models, CPU, a few seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stepvar.errors import ConfigError, StepvarError
+from stepvar.models.bsq_vae import VAE_PRESETS, BSQVAE, multiscale_encode
+from stepvar.models.blocks import KVCache
+from stepvar.models.config import InfinityConfig
+from stepvar.models.infinity import Infinity
+from stepvar.pruning.base import ScaleRun, TokenCounter, run_dense_stack
+from stepvar.schedules import get_schedule
+from stepvar.toy.text_encoder import ToyTextConfig, ToyTextEncoder
+from stepvar.training import (GPTTrainConfig, OptimConfig, VAETrainConfig, export_embedded, forward_teacher_forced,
+                              load_embedded, multiscale_targets, teacher_forced_inputs, train_transformer, train_vae)
+from stepvar.training.common import lr_at
+from stepvar.training.teacher_forcing import block_causal_mask
+from stepvar.training.train_gpt import GPTJob
+from stepvar.training.train_vae import VAEJob
+
+TINY_VAE = VAE_PRESETS["tiny"]
+
+
+def tiny_arch() -> InfinityConfig:
+    return InfinityConfig(name="tiny-train", depth=2, width=64, heads=4, bits=TINY_VAE.codebook_dim, text_channels=32,
+                          text_maxlen=16, block_chunks=1, pool_heads=4, vae="tiny", default_budget="0.06M")
+
+
+def tiny_gpt_cfg(**kw) -> GPTTrainConfig:
+    base = dict(arch=tiny_arch(), text=ToyTextConfig(channels=32, layers=1, heads=2), batch_size=2, device="cpu",
+                optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_steps=100), ckpt_every=1000, log_every=1)
+    return GPTTrainConfig(**{**base, **kw})
+
+
+def tiny_vae_cfg(**kw) -> VAETrainConfig:
+    base = dict(vae=TINY_VAE, image_size=64, crop=32, batch_size=2, device="cpu",
+                optim=OptimConfig(lr=3e-3, weight_decay=0.0, warmup_steps=2, decay_steps=100), ckpt_every=1000, log_every=1)
+    return VAETrainConfig(**{**base, **kw})
+
+
+def tiny_vae() -> BSQVAE:
+    torch.manual_seed(1)
+    return BSQVAE(TINY_VAE)
+
+
+# ------------------------------------------------------------------------------------------ teacher forcing
+
+
+def test_block_causal_mask():
+    sch = get_schedule("0.06M")
+    m = block_causal_mask(sch)
+    (b1, e1), (b2, e2) = sch.offsets[1], sch.offsets[2]
+    assert m[b1:e1, :e1].all() and not m[b1:e1, e1:].any()  # scale 1 sees scales 0-1, nothing later
+    assert m[b2:e2, :e2].all() and m.sum() == sum(s.n * e for s, (_, e) in zip(sch.scales, sch.offsets))
+
+
+def test_multiscale_targets_without_flips_equal_multiscale_encode():
+    z = torch.randn(2, 8, 16, 16)
+    grids = [(s.h, s.w) for s in get_schedule("0.06M").scales]
+    ref, ours = multiscale_encode(z, grids), multiscale_targets(z, grids)
+    assert all(torch.equal(a, b) for a, b in zip(ref.bits, ours.bits))
+    assert all(torch.allclose(a, b) for a, b in zip(ref.next_inputs, ours.next_inputs))
+    g = torch.Generator().manual_seed(0)
+    noisy = multiscale_targets(z, grids, flip_strength=0.3, generator=g)
+    assert torch.equal(noisy.bits[0], ref.bits[0])  # scale 0 labels come before any flip
+    assert any(not torch.allclose(a, b) for a, b in zip(ref.next_inputs, noisy.next_inputs))
+
+
+def test_teacher_forced_logits_equal_cached_inference():
+    torch.manual_seed(0)
+    model = Infinity(tiny_arch()).eval()
+    sch = get_schedule("0.06M")
+    B, T = 2, 5
+    text, mask = torch.randn(B, T, 32), torch.ones(B, T, dtype=torch.bool)
+    mask[1, 3:] = False  # padding must be handled the same way on both paths
+    z = torch.randn(B, 8, 16, 16)
+    next_inputs = multiscale_targets(z, [(s.h, s.w) for s in sch.scales]).next_inputs
+    with torch.no_grad():
+        cond = model.condition(text, mask)
+        x_all = teacher_forced_inputs(model, cond.cond_BD, next_inputs)
+        logits_tf = forward_teacher_forced(model, cond, x_all, sch)
+        # The sampler's path: scale by scale with KV caches, the same inputs.
+        cond = model.condition(text, mask)
+        caches = [KVCache() for _ in model.blocks]
+        for si, scale in enumerate(sch.scales):
+            b, e = sch.offsets[si]
+            run = ScaleRun(model, cond, model.add_level(x_all[:, b:e], si), si, scale, sch.positions(si),
+                           caches, TokenCounter())
+            logits = model.logits(run_dense_stack(run), cond.cond_BD)
+            torch.testing.assert_close(logits_tf[:, b:e], logits, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ text encoder
+
+
+def test_toy_text_encoder_protocol():
+    enc = ToyTextEncoder(ToyTextConfig(channels=32, layers=1, heads=2)).eval()
+    with torch.no_grad():
+        feats, mask = enc.encode(["One Red circle.", "a red circle left of a blue square"], "cpu")
+        again, _ = enc.encode(["a red circle"], "cpu")
+    assert feats.shape == (2, mask.shape[1], 32) and mask[0].sum() == 3 and mask[1].all()
+    torch.testing.assert_close(feats[0, :3], again[0, :3])  # synonyms tokenize alike
+    assert enc.name == "toy-grammar" and enc.channels == 32 and enc.trained is False
+    with pytest.raises(StepvarError, match="unknown word"):
+        enc.encode(["a purple circle"], "cpu")
+
+
+# ------------------------------------------------------------------------------------------ learning
+
+
+def test_transformer_overfits_one_batch():
+    job = GPTJob(tiny_gpt_cfg(cfg_dropout=0.0), tiny_vae())
+    batch = job.next_batch()
+    losses = [job.update(batch, i)["loss"] for i in range(20)]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_gradients_reach_text_encoder_and_null_text():
+    from stepvar.training.train_gpt import gpt_loss
+
+    job = GPTJob(tiny_gpt_cfg(), tiny_vae())
+    batch = job.next_batch()
+    batch = batch._replace(drop_B=torch.tensor([True, False]))  # one null-text row, one prompt row
+    loss, _ = gpt_loss(job.model, job.text_encoder, batch, job.schedule)
+    loss.backward()
+    assert job.model.cfg_uncond.grad.abs().sum() > 0
+    assert job.text_encoder.tok_embed.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in job.model.blocks[0].ca.parameters())
+    assert all(p.grad is None for p in job.vae.parameters())  # frozen
+
+
+def test_vae_overfits_one_batch():
+    job = VAEJob(tiny_vae_cfg())
+    batch = job.next_batch()
+    losses = [job.update(batch, i)["loss"] for i in range(20)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_lr_schedule():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, decay_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(500, cfg) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------ reproducibility
+
+
+def test_same_seed_same_losses(tmp_path):
+    a = train_vae(tiny_vae_cfg(seed=3), tmp_path / "a", steps=2)
+    b = train_vae(tiny_vae_cfg(seed=3), tmp_path / "b", steps=2)
+    c = train_vae(tiny_vae_cfg(seed=4), tmp_path / "c", steps=2)
+    assert a.losses == b.losses and a.losses != c.losses
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and {"loss", "seconds", "elapsed"} <= set(log[0])
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    # Self-correction and CFG dropout on, so every random stream is exercised.
+    cfg = tiny_gpt_cfg(self_correction=0.2, cfg_dropout=0.5)
+    vae = tiny_vae()
+    full = train_transformer(cfg, tmp_path / "full", steps=3, vae=vae)
+    train_transformer(cfg, tmp_path / "part", steps=2, vae=vae)
+    rest = train_transformer(cfg, tmp_path / "part", steps=3, vae=vae, resume=True)
+    assert [h["step"] for h in rest.history] == [3]
+    assert rest.losses[0] == full.losses[2]
+    log = [json.loads(line)["step"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+
+
+def test_resume_guards(tmp_path):
+    train_vae(tiny_vae_cfg(), tmp_path, steps=1)
+    with pytest.raises(StepvarError, match="already holds"):
+        train_vae(tiny_vae_cfg(), tmp_path, steps=2)
+    with pytest.raises(ConfigError, match="different configuration"):
+        train_vae(tiny_vae_cfg(edge_weight=0.0), tmp_path, steps=2, resume=True)
+    assert train_vae(tiny_vae_cfg(log_every=5), tmp_path, steps=2, resume=True).step == 2
+
+
+def test_export_and_load_embedded(tmp_path):
+    train_transformer(tiny_gpt_cfg(), tmp_path / "run", steps=1, vae=tiny_vae())
+    out = export_embedded(tmp_path / "run", tmp_path / "export")
+    model, vae, text = load_embedded(out)
+    assert text.trained and next(model.parameters()).dtype == torch.float32
+    from stepvar.sampling import LatentCodec, SamplingConfig, sample
+
+    with torch.no_grad():
+        feats, mask = text.encode(["two blue squares"], "cpu")
+        res = sample(model, feats, mask, get_schedule("0.06M"), LatentCodec(8), SamplingConfig(seed=0))
+        img = vae.decode(res.latent_BdHW)
+    assert img.shape == (1, 3, 256, 256) and np.isfinite(img.numpy()).all()
