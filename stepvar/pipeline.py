@@ -91,6 +91,8 @@ class Pipeline:
         # 2. encode prompts
         t0 = time.perf_counter()
         text, mask = self.text_encoder.encode(prompts, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
         # 3. sample latents
         out = sample(self.model, text, mask, schedule, self.codec, sampling, pruner, on_scale, keep_hidden)

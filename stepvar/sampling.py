@@ -93,18 +93,19 @@ class SampleOutput:
     hidden: list[torch.Tensor | None] = field(default_factory=list)  # per-scale cond-row hiddens if kept
 
 
-def sample_bits(logits_BLV: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def sample_bits(logits_BLV: torch.Tensor, top_p: float, generators: list[torch.Generator | None]) -> torch.Tensor:
     """One 2-way draw per bit: logits (B, L, 2d) -> bits (B, L, d) bool.
 
     Logits 2k and 2k+1 score bit k = 0 and 1. Top-p on a 2-way choice zeroes the
-    minority value when its probability is <= 1 - top_p.
+    minority value when its probability is <= 1 - top_p. Each row draws from its own
+    generator, so a prompt's image does not depend on what else is in the batch.
     """
     B, L, V = logits_BLV.shape
-    probs = logits_BLV.float().reshape(-1, 2).softmax(-1)
+    probs = logits_BLV.float().reshape(B, -1, 2).softmax(-1)
     if top_p < 1.0:
         probs = probs.masked_fill(probs <= 1.0 - top_p, 0.0)
-    draw = torch.multinomial(probs, num_samples=1, generator=generator)
-    return draw.view(B, L, V // 2).bool()
+    draws = [torch.multinomial(probs[b], num_samples=1, generator=generators[b]) for b in range(B)]
+    return torch.stack(draws).view(B, L, V // 2).bool()
 
 
 def drop_uncond_rows(cond: Conditioning, caches: list[KVCache], x_BLC: torch.Tensor, B: int):
@@ -123,12 +124,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+def make_generators(seed: int | None, n: int, device: torch.device) -> list[torch.Generator | None]:
+    """Prompt i of a batch samples with seed + i (None: the global RNG)."""
     if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
+        return [None] * n
+    return [torch.Generator(device=device).manual_seed(int(seed) + i) for i in range(n)]
 
 
 @torch.no_grad()
@@ -154,10 +154,10 @@ def sample(
     pruner.validate(schedule, len(model.blocks))
     pruner.begin(schedule, len(model.blocks))
     device = text_BTCt.device
-    generator = make_generator(sampling.seed, device)
 
     # 2. conditioning: [cond; uncond] rows only if some scale uses CFG
     B = text_BTCt.shape[0]
+    generators = make_generators(sampling.seed, B, device)
     use_cfg = any(c != 1.0 for c in cfgs)
     if use_cfg:
         text_BTCt = torch.cat((text_BTCt, model.uncond_text(mask_BT).to(text_BTCt)), 0)
@@ -186,12 +186,12 @@ def sample(
             hidden_all.append(None)
         else:
             run = ScaleRun(model, cond, model.add_level(x_BLC, si), si, scale,
-                           schedule.positions(si).to(device), caches, counter)
+                           schedule.positions(si).to(device), caches, counter, cfg_pairs=use_cfg)
             h_BLC = pruner.run_scale(run)
             logits = model.logits(h_BLC, cond.cond_BD) / taus[si]
             if use_cfg:
                 logits = cfgs[si] * logits[:B] + (1 - cfgs[si]) * logits[B:]
-            bits = sample_bits(logits, sampling.top_p, generator).view(B, scale.h, scale.w, -1)
+            bits = sample_bits(logits, sampling.top_p, generators).view(B, scale.h, scale.w, -1)
             bits_all.append(bits)
             hidden_all.append(h_BLC[:B].detach() if keep_hidden else None)
             codes = codec.bits_to_latent(bits)

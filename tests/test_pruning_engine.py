@@ -96,7 +96,7 @@ def test_2048_extension_runs_pruned(tiny_pipe):
 def test_shared_cfg_rows_select_the_same_tokens(tiny_pipe):
     pr = make_pruner("stepvar", keep=0.5, cfg_rows="shared")
     x = torch.randn(4, 64, 16)
-    idx = pr.select(x, 8, 8, 32)
+    idx = pr.select(x, 8, 8, 32, cfg_pairs=True)
     assert torch.equal(idx[:2], idx[2:])
 
 
@@ -136,3 +136,30 @@ def test_method_variant_specs():
     for bad in ("stepvar:norm", "nope:x=1", "stepvar:colour=red"):
         with pytest.raises(ConfigError):
             make_pruner_from_spec(bad)
+
+
+@pytest.mark.parametrize("method", ["fastvar", "stepvar", "fastvar-skip"])
+def test_methods_survive_dropping_the_unconditional_rows(tiny_pipe, method):
+    sched = tiny_pipe.schedule("0.25M")
+    n = len(sched)
+    sampling = SamplingConfig(seed=1, cfg=[3.0] * (n - 2) + [1.0, 1.0])
+    r = tiny_pipe.generate(["a", "b"], sched, make_pruner(method, keep=0.5), sampling, decode=False)
+    assert r.sample.latent_BdHW.shape[0] == 2
+
+
+def test_fastvar_dense_layers_path(tiny_pipe, dense_512):
+    sched = tiny_pipe.schedule("0.25M")
+    exact = make_pruner("fastvar", keep=1.0, dense_prefix=1, dense_suffix=1)
+    r = tiny_pipe.generate("a red circle", sched, exact, SamplingConfig(seed=5))
+    assert np.array_equal(r.images, dense_512.images)
+    pr = make_pruner("fastvar", keep=0.5, dense_prefix=1, dense_suffix=1)
+    r = tiny_pipe.generate("a red circle", sched, pr, SamplingConfig(seed=5))
+    counts = r.sample.counter.per_scale(9)
+    assert counts == [1024, 512, 512, 1024]
+
+
+def test_shared_selection_only_pairs_cfg_rows():
+    pr = make_pruner("stepvar", keep=0.5, cfg_rows="shared")
+    x = torch.randn(4, 64, 16)
+    assert torch.equal(pr.select(x, 8, 8, 32, cfg_pairs=True)[:2], pr.select(x, 8, 8, 32, cfg_pairs=True)[2:])
+    assert not torch.equal(pr.select(x, 8, 8, 32, cfg_pairs=False)[:2], pr.select(x, 8, 8, 32, cfg_pairs=False)[2:])

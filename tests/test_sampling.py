@@ -53,15 +53,15 @@ def test_sample_bits_top_p_and_pairs():
     g = torch.Generator().manual_seed(0)
     # bit 0 strongly prefers value 1; bit 1 strongly prefers value 0; bit 2 is a coin flip
     logits = torch.tensor([[[-10.0, 10.0, 10.0, -10.0, 0.0, 0.0]]]).repeat(1, 4000, 1)
-    bits = sample_bits(logits, top_p=0.97, generator=g)
+    bits = sample_bits(logits, top_p=0.97, generators=[g])
     assert bits.shape == (1, 4000, 3)
     assert bits[..., 0].all() and not bits[..., 1].any()
     assert 0.45 < bits[..., 2].float().mean() < 0.55
     # a 0.02 minority is zeroed by top-p 0.97 (<= 0.03), kept with top-p 1
     p = torch.log(torch.tensor([0.98, 0.02]))
     logits = p.repeat(1, 20000, 1)
-    assert not sample_bits(logits, 0.97, torch.Generator().manual_seed(1)).any()
-    assert sample_bits(logits, 1.0, torch.Generator().manual_seed(1)).any()
+    assert not sample_bits(logits, 0.97, [torch.Generator().manual_seed(1)]).any()
+    assert sample_bits(logits, 1.0, [torch.Generator().manual_seed(1)]).any()
 
 
 def test_unconditional_rows_dropped_once_cfg_is_one_for_the_rest(tiny_pipe):
@@ -72,3 +72,9 @@ def test_unconditional_rows_dropped_once_cfg_is_one_for_the_rest(tiny_pipe):
     assert drop.sample.kv_cache_bytes < keep.sample.kv_cache_bytes
     for a, b in zip(drop.sample.bits, keep.sample.bits):
         assert (a == b).float().mean() > 0.999
+
+
+def test_a_prompt_gets_the_same_image_whatever_else_is_in_the_batch(tiny_pipe):
+    alone = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=9))
+    batch = tiny_pipe.generate(["a red circle", "two blue squares"], sampling=SamplingConfig(seed=9))
+    assert all((a[0] == b[0]).float().mean() > 0.999 for a, b in zip(alone.sample.bits, batch.sample.bits))

@@ -52,6 +52,7 @@ class ScaleRun:
     pos_L2: torch.Tensor  # RoPE (row, col) of every position, row-major
     caches: list[KVCache]
     counter: TokenCounter
+    cfg_pairs: bool = False  # rows are [cond; uncond] halves of the same prompts
 
     @property
     def grid(self) -> tuple[int, int]:

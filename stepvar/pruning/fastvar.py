@@ -128,7 +128,9 @@ class FastVAR(Pruner):
 
     def _restore_base(self, layer: int, name: str, run: ScaleRun) -> torch.Tensor:
         """The cached branch output, area-resized from the cache grid to the current grid: (B, L, C)."""
-        y = self.branch_cache[(layer, name)]
+        # The sampler may have dropped the unconditional rows since the cache scale; the
+        # conditional rows come first, so the first rows of the cache are the live ones.
+        y = self.branch_cache[(layer, name)][: run.x_BLC.shape[0]]
         ch, cw = self.cache_grid
         h, w = run.grid
         y_BChw = y.transpose(1, 2).unflatten(2, (ch, cw))

@@ -94,10 +94,10 @@ class StepVAR(Pruner):
         rand = torch.rand(x_BLC.shape[:2], generator=self._rng)
         return rand.to(x_BLC.device)
 
-    def select(self, x_BLC: torch.Tensor, h: int, w: int, k: int) -> torch.Tensor:
-        """Kept positions (B, l), per row or shared across the CFG halves."""
+    def select(self, x_BLC: torch.Tensor, h: int, w: int, k: int, cfg_pairs: bool = False) -> torch.Tensor:
+        """Kept positions (B, l), per row, or shared by the cond/uncond rows of each prompt."""
         s_BL = self.score(x_BLC, h, w)
-        if self.cfg.cfg_rows == "shared" and x_BLC.shape[0] % 2 == 0:
+        if self.cfg.cfg_rows == "shared" and cfg_pairs:
             half = x_BLC.shape[0] // 2
             s = normalize_score(s_BL, "minmax")
             s_BL = (s[:half] + s[half:]).repeat(2, 1)
@@ -124,7 +124,7 @@ class StepVAR(Pruner):
         x = run.x_BLC
         for layer in range(self.plan.first_layer):
             x = run_block_dense(run, layer, x, cos, sin)
-        idx_Bl = self.select(x, h, w, self.keep_tokens(run.si, run.scale.n))
+        idx_Bl = self.select(x, h, w, self.keep_tokens(run.si, run.scale.n), run.cfg_pairs)
         x_BlC = gather_rows(x, idx_Bl)
         cos_k, sin_k = run.rope(run.pos_L2[idx_Bl])  # kept tokens keep their own RoPE positions
         for layer in range(self.plan.first_layer, self.plan.end_layer):
@@ -146,7 +146,7 @@ class StepVAR(Pruner):
                 continue
             mod = run.cond.mods[layer]
             if self.cfg.selection == "block":
-                idx = self.select(x, h, w, k)
+                idx = self.select(x, h, w, k, run.cfg_pairs)
                 nn_BL = nearest_kept(idx, h, w, metric=self.cfg.metric)
                 cos_k, sin_k = run.rope(run.pos_L2[idx])
                 xk = gather_rows(x, idx)
@@ -157,7 +157,7 @@ class StepVAR(Pruner):
                 x = x + propagate(xk - start, nn_BL)
             else:
                 for name in BRANCHES:
-                    idx = self.select(x, h, w, k)
+                    idx = self.select(x, h, w, k, run.cfg_pairs)
                     cos_k, sin_k = run.rope(run.pos_L2[idx])
                     delta = run_branch(blk, name, gather_rows(x, idx), mod, cos_k, sin_k, run, layer)
                     run.count(layer, name, k)
