@@ -30,7 +30,7 @@ EXIT_BAD_INPUT, EXIT_CHECK_FAILED = 2, 3
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset (see `stepvar models`).", envvar="STEPVAR_MODEL")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Local transformer weights (.pth, .safetensors or a sharded directory).")]
 VaeOpt = Annotated[Optional[Path], typer.Option(help="Local VAE weights (.pth with a 'vae' key).")]
-TextEncOpt = Annotated[Optional[Path], typer.Option("--text-encoder", help="Local flan-t5-xl directory (needs stepvar[t5]).")]
+TextEncOpt = Annotated[Optional[Path], typer.Option("--text-encoder", help="Local flan-t5-xl directory (needs stepvar\\[t5]).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.", envvar="STEPVAR_DEVICE")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")]
 ResOpt = Annotated[Optional[int], typer.Option("--resolution", "-r", help="256, 512, 768, 1024 or 2048 (default: the model's own).")]
@@ -247,6 +247,13 @@ def overhead(
         out.print(f"  overhead: [bold]{100 * r.overhead_fraction:.3f}%[/] of the scale's dense block-stack time")
 
     run_guarded(body)
+
+
+# bench and compare live in their own module; registered here, after every shared alias exists.
+from stepvar_cli.eval_commands import bench, compare  # noqa: E402
+
+app.command()(bench)
+app.command()(compare)
 
 
 def main() -> None:

@@ -1,0 +1,232 @@
+"""`stepvar compare`: every method on the same prompts and seed, side by side, with paired fidelity.
+
+Phases: check every configuration on the schedule -> warm-up -> per prompt: the dense
+reference, then each method (same seed, so the sampler RNG is consumed identically and any
+difference comes from pruning) -> images, labelled grid, report.json / report.md. The report
+is rewritten after each prompt, so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .bench import BenchConfig, _one_line, _run_once, _scalar_keep, expand_configs, prepare_out_dir
+from .errors import ConfigError
+from .io import atomic_path, save_image, save_json, save_text
+from .measure import environment
+from .metrics import paired_fidelity
+from .report_md import fmt_seconds
+from .sampling import SamplingConfig
+from .schedules import ScaleSchedule
+
+GRID_TILE = 256  # px: grid tiles are downscaled to at most this side
+GRID_MAX_PROMPTS = 8  # grid rows; every image is still written on its own
+
+
+@dataclass
+class CompareReport:
+    environment: dict
+    settings: dict
+    rows: list[dict] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+    status: str = "running"
+
+    @property
+    def failures(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+    def to_dict(self) -> dict:
+        return {"kind": "stepvar-compare", "schema_version": 1, "status": self.status, "environment": self.environment,
+                "settings": self.settings, "summary": self.summary, "results": self.rows}
+
+
+def image_name(prompt_index: int, config: BenchConfig) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", config.spec)
+    return f"{prompt_index}_{safe}" + ("" if config.keep is None else f"_{config.keep:g}") + ".png"
+
+
+def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: str | None) -> dict:
+    return {"prompt_index": idx, "prompt": prompt, "method": config.spec, "label": config.label,
+            "keep": _scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
+            "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
+            "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
+            "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None,
+            "pruned_scales": pruner.pruned_scales(schedule), "skipped_scales": []}
+
+
+def _fill(row: dict, result, mem, ref, ref_row: dict | None, fidelity: dict) -> None:
+    t = result.timings
+    row.update(time_s=t["total_s"], transformer_s=t["transformer_s"], peak_memory_bytes=mem.bytes,
+               peak_memory_kind=mem.kind, kv_cache_bytes=result.sample.kv_cache_bytes,
+               skipped_scales=[x.si for x in result.sample.timings if x.skipped])
+    ref_t = ref.timings if ref_row is None else {"total_s": ref_row["time_s"], "transformer_s": ref_row["transformer_s"]}
+    row["speedup_vs_dense"] = ref_t["total_s"] / t["total_s"]
+    row["transformer_speedup_vs_dense"] = ref_t["transformer_s"] / t["transformer_s"]
+    psnr = fidelity["psnr_db"]
+    row.update({k: v for k, v in fidelity.items() if k != "psnr_db"})
+    row["psnr_db"] = psnr if math.isfinite(psnr) else None  # JSON has no inf: identical images say identical=true
+
+
+def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps: Sequence[float] | None = None,
+                seed: int = 0, schedule: ScaleSchedule | None = None, out_dir: str | Path = "compare",
+                sampling: SamplingConfig | None = None, warmup: int = 1,
+                on_progress: Callable[[str], None] | None = None) -> CompareReport:
+    """Run dense and every method x keep on each prompt with one seed; write images, grid and reports."""
+    if not prompts:
+        raise ConfigError("no prompts to compare")
+    schedule = schedule or pipeline.schedule()
+    configs = expand_configs(methods, keeps)
+    depth = len(pipeline.model.blocks)
+    for c in configs:
+        try:
+            c.pruner().validate(schedule, depth)
+        except ConfigError as exc:
+            raise ConfigError(f"{c.label}: {exc}") from None
+    base = sampling or SamplingConfig()
+    sampling = SamplingConfig(cfg=base.cfg, tau=base.tau, top_p=base.top_p, seed=seed)
+    sampling.validate(len(schedule))
+    out = prepare_out_dir(out_dir)
+    say = on_progress or (lambda msg: None)
+    report = CompareReport(environment(pipeline), {
+        "prompts": list(prompts), "configurations": [c.label for c in configs], "seed": seed,
+        "schedule": schedule.describe(), "cfg": sampling.cfg, "tau": sampling.tau, "top_p": sampling.top_p,
+        "warmup": warmup, "reference": "dense, same prompt and seed"})
+    for w in range(warmup):
+        for c in configs:
+            try:
+                _run_once(pipeline, [prompts[0]], schedule, c.pruner(), sampling)
+            except Exception:  # noqa: BLE001 - the timed pass records the failure
+                pass
+        say(f"warm-up {w + 1}/{warmup} done")
+    images: dict[tuple[int, str], np.ndarray] = {}
+    try:
+        for idx, prompt in enumerate(prompts):
+            _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, report, images, say)
+            report.summary = summarize(report.rows, configs)
+            _write(report, out, final=False)
+        report.status = "complete"
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        raise
+    finally:
+        report.summary = summarize(report.rows, configs)
+        _write(report, out, final=True, images=images, configs=configs)
+    return report
+
+
+def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, report, images, say) -> None:
+    ref = ref_row = None
+    for c in configs:
+        pruner = c.pruner()
+        name = image_name(idx, c)
+        row = _row(idx, prompt, c, pruner, schedule, name)
+        try:
+            if c.spec == "dense" and ref is not None:
+                result, mem = ref
+            else:
+                result, mem = _run_once(pipeline, [prompt], schedule, pruner, sampling)
+        except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others
+            row.update(status=f"failed: {_one_line(exc)}", image=None)
+            report.rows.append(row)
+            say(f"[{idx}] {c.label}: FAILED {row['status']}")
+            if ref is None:  # without the dense reference nothing else can be compared
+                return
+            continue
+        if ref is None:
+            ref = (result, mem)
+        fidelity = paired_fidelity(ref[0], result, row["pruned_scales"])
+        _fill(row, result, mem, ref[0], ref_row, fidelity)
+        if ref_row is None:
+            ref_row = row
+        save_image(out / name, result.images[0], {"prompt": prompt, "seed": str(sampling.seed), "record": result.record})
+        images[(idx, c.label)] = result.images[0]
+        report.rows.append(row)
+        psnr = "inf" if row["identical"] else f"{row['psnr_db']:.2f}"
+        say(f"[{idx}] {c.label}: {row['time_s']:.3f} s, PSNR {psnr} dB, SSIM {row['ssim']:.4f}")
+
+
+def _stat(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def summarize(rows: list[dict], configs: Sequence[BenchConfig]) -> list[dict]:
+    """Mean ± std (sample std) per configuration over the prompts it ran on."""
+    out = []
+    for c in configs:
+        sel = [r for r in rows if r["label"] == c.label and r["status"] == "ok"]
+        if not sel:
+            continue
+        item = {"method": c.spec, "label": c.label, "keep": sel[0]["keep"], "n": len(sel)}
+        for key in ("time_s", "speedup_vs_dense", "transformer_speedup_vs_dense", "ssim", "token_agreement_pruned",
+                    "latent_cosine"):
+            item[key] = _stat([r[key] for r in sel if r[key] is not None])
+        item["psnr_db"] = _stat([r["psnr_db"] for r in sel if r["psnr_db"] is not None])
+        item["psnr_db"]["n_identical"] = sum(1 for r in sel if r["identical"])
+        out.append(item)
+    return out
+
+
+def _write(report: CompareReport, out: Path, final: bool, images=None, configs=None) -> None:
+    from .report_md import compare_markdown
+
+    save_json(out / "report.json", report.to_dict())
+    if final:
+        if images:
+            save_grid(out / "grid.png", report.rows, images, configs)
+        save_text(out / "report.md", compare_markdown(report))
+
+
+# ---- the labelled grid -----------------------------------------------------------------------------
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizing
+        return ImageFont.load_default()
+
+
+def _tile_label(row: dict) -> list[str]:
+    keep = "own ratios" if row["keep"] is None else f"keep {row['keep']:g}"
+    first = "dense (reference)" if row["method"] == "dense" else f"{row['method']}, {keep}"
+    psnr = "PSNR inf" if row["identical"] else f"PSNR {row['psnr_db']:.2f} dB"
+    return [first, f"{fmt_seconds(row['time_s'])} ({row['speedup_vs_dense']:.2f}x dense)", f"{psnr}, SSIM {row['ssim']:.3f}"]
+
+
+def save_grid(path: Path, rows: list[dict], images: dict, configs: Sequence[BenchConfig]) -> Path:
+    """Prompts as rows, configurations as columns, three label lines under each tile."""
+    prompt_ids = sorted({idx for idx, _ in images})[:GRID_MAX_PROMPTS]
+    labels = [c.label for c in configs if any((i, c.label) in images for i in prompt_ids)]
+    h0, w0 = next(iter(images.values())).shape[:2]
+    f = min(1.0, GRID_TILE / max(h0, w0))
+    tw, th = max(1, round(w0 * f)), max(1, round(h0 * f))
+    font, small = _font(13), _font(12)
+    line, pad, head = 16, 6, 20
+    cell_h = head + th + 3 * line + 2 * pad
+    grid = Image.new("RGB", (len(labels) * (tw + pad) + pad, len(prompt_ids) * cell_h + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    by_key = {(r["prompt_index"], r["label"]): r for r in rows}
+    for ri, idx in enumerate(prompt_ids):
+        y0 = pad + ri * cell_h
+        prompt = by_key.get((idx, labels[0]), {}).get("prompt", "")
+        draw.text((pad, y0), f"prompt {idx}: {prompt[:120]}", fill="black", font=font)
+        for ci, label in enumerate(labels):
+            if (idx, label) not in images:
+                continue
+            x0 = pad + ci * (tw + pad)
+            tile = Image.fromarray(images[(idx, label)]).resize((tw, th), Image.LANCZOS)
+            grid.paste(tile, (x0, y0 + head))
+            for li, text in enumerate(_tile_label(by_key[(idx, label)])):
+                draw.text((x0, y0 + head + th + pad // 2 + li * line), text, fill="black", font=small)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    return path

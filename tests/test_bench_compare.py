@@ -1,0 +1,280 @@
+"""bench and compare: the report schema as documented, incremental rows, FLOP counts, fidelity metrics."""
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import stepvar.bench as bench_mod
+from stepvar.bench import ROW_FIELDS, ROW_REQUIRED, expand_configs, validate_rows
+from stepvar.errors import ConfigError
+from stepvar.flops import plan_flops, result_flops, rows_per_scale
+from stepvar.metrics import latent_cosine, paired_fidelity, psnr, ssim, token_agreement
+from stepvar.pruning.registry import make_pruner
+from stepvar.sampling import SamplingConfig
+from stepvar.schedules import schedule_for
+from stepvar_cli.app import app
+
+runner = CliRunner()
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bench_schema.md"
+TINY = ["--model", "tiny", "--device", "cpu"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def documented_row_types() -> dict[str, str]:
+    """The row table of docs/bench_schema.md: field -> 'number|null' style type."""
+    text = DOC.read_text(encoding="utf-8").split("## Rows", 1)[1]
+    types = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `([a-z_0-9]+)` \| ([a-z ]+) \|", line)
+        if m:
+            types[m.group(1)] = m.group(2).strip().replace(" or ", "|")
+    return types
+
+
+def bench_args(out, *extra):
+    return ["bench", *TINY, "--resolution", "256", "--methods", "dense,stepvar,fastvar-skip", "--keep", "0.5",
+            "--repeats", "1", "--warmup", "0", "--out", out, *extra]
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+def test_docs_document_exactly_the_row_fields():
+    types = documented_row_types()
+    assert types == {k: v[0] for k, v in ROW_FIELDS.items()}
+    assert set(ROW_REQUIRED) <= set(types)
+
+
+def test_bench_report_follows_documented_schema(tmp_path):
+    r = run(*bench_args(tmp_path, "--json"))
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)  # --json: the report and nothing else on stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert printed["results"] == report["results"]
+    assert report["kind"] == "stepvar-bench" and report["status"] == "complete"
+    env = report["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["dtype"] == "float32"
+    assert isinstance(env["threads"], int) and env["threads"] >= 1
+    rows = report["results"]
+    assert validate_rows(rows, documented_row_types()) == []
+    assert [x["label"] for x in rows] == ["dense", "stepvar@0.5", "fastvar-skip"]
+    assert all(x["status"] == "ok" and x["resolution"] == 256 and x["measured"] for x in rows)
+    dense, stepvar, skip = rows
+    assert dense["speedup_vs_dense"] == 1.0 and dense["flop_speedup_bound"] == 1.0 and dense["keep"] is None
+    assert stepvar["keep"] == 0.5 and skip["keep"] is None
+    for x in rows:
+        assert x["speedup_vs_dense"] > 0 and x["latency_s"] > 0 and x["peak_memory_kind"] == "cpu_rss_peak_delta"
+        assert x["flops"] == x["flops_transformer"] + x["flops_decode"]
+        assert x["flops_transformer"] == sum(x["flops_per_scale"]) + x["flops_conditioning"]
+        assert len(x["per_scale_s"]) == len(x["flops_per_scale"]) == len(x["tokens_per_block"]) == 7
+    # fewer tokens, fewer FLOPs: pruning and skipping can only raise the bound
+    assert 1.0 < stepvar["flop_speedup_bound"] < skip["transformer_flop_speedup_bound"]
+    assert skip["skipped_scales"] == [5, 6] and skip["tokens_per_block"][6]["max"] == 0
+    assert stepvar["tokens_per_block"][6] == {"grid": "16x16", "dense": 256, "min": 128, "max": 128, "skipped": False}
+    with open(tmp_path / "report.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(ROW_FIELDS) and [t["label"] for t in table] == ["dense", "stepvar@0.5", "fastvar-skip"]
+    assert "| 256 | stepvar | 0.5 | ok |" in (tmp_path / "report.md").read_text()
+    for name in ("latency_vs_resolution", "speedup_vs_keep", "per_scale_time", "per_scale_flops"):
+        with Image.open(tmp_path / f"{name}.png") as im:
+            assert im.format == "PNG" and im.size[0] > 400
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def _failing_run_once(fail_when):
+    real = bench_mod._run_once
+
+    def fake(pipeline, prompts, schedule, pruner, sampling):
+        exc = fail_when(schedule, pruner)
+        if exc is not None:
+            raise exc
+        return real(pipeline, prompts, schedule, pruner, sampling)
+
+    return fake
+
+
+def test_failed_configuration_is_reported_others_kept_exit_3(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_mod, "_run_once", _failing_run_once(
+        lambda sched, pruner: RuntimeError("boom\nsecond line") if pruner.name == "stepvar" else None))
+    r = run(*bench_args(tmp_path))
+    assert r.exit_code == 3, r.output
+    rows = json.loads((tmp_path / "report.json").read_text())["results"]
+    assert [(x["label"], x["status"]) for x in rows] == [
+        ("dense", "ok"), ("stepvar@0.5", "failed: RuntimeError: boom"), ("fastvar-skip", "ok")]
+    assert rows[1]["latency_s"] is None and rows[2]["speedup_vs_dense"] > 0
+    assert validate_rows(rows, documented_row_types()) == []
+    assert "failed" in r.stderr
+
+
+def test_interrupt_keeps_rows_already_measured(tmp_path, monkeypatch):
+    # 256 finishes; at 512 dense runs, then Ctrl-C arrives in the next configuration.
+    monkeypatch.setattr(bench_mod, "_run_once", _failing_run_once(
+        lambda sched, pruner: KeyboardInterrupt() if sched.pixel_size == (512, 512) and pruner.name != "dense" else None))
+    r = run("bench", *TINY, "--resolution", "256,512", "--methods", "dense,stepvar", "--keep", "0.5",
+            "--repeats", "1", "--warmup", "0", "--out", tmp_path)
+    assert r.exit_code == 130, r.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "interrupted"
+    got = [(x["resolution"], x["label"], x["status"]) for x in report["results"]]
+    assert got == [(256, "dense", "ok"), (256, "stepvar@0.5", "ok"), (512, "dense", "interrupted: 1/1 timed runs")]
+    assert (tmp_path / "report.csv").read_text().count("\n") == 4
+
+
+def test_on_row_is_called_as_rows_are_measured(tiny_pipe, tmp_path):
+    seen = []
+    report = bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5, 1.0], repeats=1, warmup=0,
+                                 on_row=lambda row: seen.append(json.loads((tmp_path / "report.json").read_text())),
+                                 out_dir=tmp_path)
+    assert [len(s["results"]) for s in seen] == [1, 2, 3]  # the file holds each row when on_row hears of it
+    keep1 = report.rows[2]
+    assert keep1["label"] == "stepvar@1" and keep1["flop_speedup_bound"] == pytest.approx(1.0)
+
+
+def test_expand_configs_rules():
+    labels = lambda ms, ks=None: [c.label for c in expand_configs(ms, ks)]  # noqa: E731
+    assert labels(["stepvar", "fastvar"], [0.3, 0.5]) == ["dense", "stepvar@0.3", "stepvar@0.5", "fastvar"]
+    assert labels(["fastvar@0.4", "dense", "stepvar"]) == ["dense", "fastvar@0.4", "stepvar@0.4"]
+    assert labels(["stepvar:keep=0.2"], [0.5]) == ["dense", "stepvar:keep=0.2"]
+    for bad in (["dense@0.5"], ["nope"], ["fastvar@x"], ["stepvar@1.5"]):
+        with pytest.raises(ConfigError):
+            expand_configs(bad, None)
+
+
+@pytest.mark.parametrize("args", [
+    ["--resolution", "300"], ["--keep", "0"], ["--methods", "dense,bogus"], ["--repeats", "0"],
+    ["--methods", "stepvar:scales=[9]", "--resolution", "256"],
+])
+def test_bench_bad_input_exit_2_one_line(tmp_path, args):
+    out = tmp_path / "o"
+    r = run("bench", *TINY, "--out", out, *args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error:") and "Traceback" not in r.output
+    assert not (out / "report.json").exists()
+
+
+def test_flops_only_needs_no_weights():
+    r = run("bench", "--model", "infinity-2b", "--flops-only", "--resolution", "1024", "--methods",
+            "dense,stepvar,fastvar-skip", "--keep", "0.4", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["results"]
+    assert [x["measured"] for x in rows] == [False] * 3 and rows[0]["latency_s"] is None
+    assert validate_rows(rows, documented_row_types()) == []
+    assert 1.5 < rows[1]["flop_speedup_bound"] < rows[1]["transformer_flop_speedup_bound"]
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,res,batch", [
+    ("dense", 256, 1), ("stepvar", 256, 2), ("fastvar", 512, 1), ("fastvar-skip", 256, 1), ("texture-only", 512, 1),
+])
+def test_plan_flops_equals_counted_flops(tiny_pipe, method, res, batch):
+    sched = schedule_for(res)
+    prompts = ["a red circle above a square", "x"][:batch]
+    sampling = SamplingConfig(seed=0)
+    result = tiny_pipe.generate(prompts, sched, make_pruner(method), sampling, decode=False)
+    text_len = tiny_pipe.text_encoder.encode(prompts, tiny_pipe.device)[0].shape[1]
+    cfg_scales = sampling.per_scale("cfg", len(sched))
+    counted = result_flops(tiny_pipe.model.cfg, result.sample, sched, cfg_scales, batch, text_len)
+    planned = plan_flops(tiny_pipe.model.cfg, sched, make_pruner(method), rows_per_scale(cfg_scales, batch), text_len, batch)
+    assert planned == counted
+
+
+def test_dense_flops_match_torch_flop_counter(tiny_pipe):
+    """With SDPA forced onto its math path every matmul is visible to torch's FLOP counter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sched, prompts = schedule_for(256), ["a red circle", "a much longer prompt with padding"]
+    sampling = SamplingConfig(seed=0, cfg=[3.0] * 5 + [1.0] * 2)  # CFG rows dropped for the last two scales
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        result = tiny_pipe.generate(prompts, sched, make_pruner("dense"), sampling, decode=False)
+    text_len = tiny_pipe.text_encoder.encode(prompts, tiny_pipe.device)[0].shape[1]
+    ours = result_flops(tiny_pipe.model.cfg, result.sample, sched, sampling.per_scale("cfg", 7), 2, text_len)
+    assert ours.total == counter.get_total_flops()
+
+
+# ---- compare -------------------------------------------------------------------------------------
+def test_compare_one_prompt(tmp_path):
+    r = run("compare", *TINY, "--prompt", "a red circle", "--methods", "dense,stepvar,fastvar-skip", "--keep", "0.5",
+            "--seed", 3, "--warmup", 0, "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data == json.loads((tmp_path / "report.json").read_text())
+    rows = {x["label"]: x for x in data["results"]}
+    dense, stepvar, skip = rows["dense"], rows["stepvar@0.5"], rows["fastvar-skip"]
+    assert dense["identical"] and dense["psnr_db"] is None and dense["ssim"] == pytest.approx(1.0)
+    assert dense["token_agreement"] == [1.0] * 7 and dense["speedup_vs_dense"] == 1.0
+    for x in (stepvar, skip):
+        assert not x["identical"] and math.isfinite(x["psnr_db"]) and 0 < x["psnr_db"] < 60 and x["ssim"] < 1
+        assert x["latent_cosine"] < 1 and x["speedup_vs_dense"] > 0
+    # scales before the first pruned one are sampled identically (same seed, same RNG use)
+    first = stepvar["pruned_scales"][0]
+    assert stepvar["token_agreement"][:first] == [1.0] * first and stepvar["token_agreement_pruned"] < 1
+    assert skip["token_agreement"][5:] == [None, None] and skip["skipped_scales"] == [5, 6]
+    for x in data["results"]:
+        assert (tmp_path / x["image"]).is_file()
+    assert {p.name for p in tmp_path.glob("0_*.png")} == {"0_dense.png", "0_stepvar_0.5.png", "0_fastvar-skip.png"}
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[0] >= 3 * 256 and grid.size[1] > 256
+    assert "inf (identical)" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_prompt_file_mean_and_std(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\na red circle\n\na blue square\n")
+    out = tmp_path / "out"
+    r = run("compare", *TINY, "--prompts", prompts, "--methods", "stepvar", "--warmup", 0, "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["results"]) == 4
+    summary = {s["label"]: s for s in data["summary"]}
+    assert summary["dense"]["psnr_db"]["n_identical"] == 2 and summary["dense"]["ssim"]["mean"] == pytest.approx(1.0)
+    s = summary["stepvar@0.4"]
+    assert s["n"] == 2 and s["psnr_db"]["n"] == 2 and s["psnr_db"]["std"] >= 0 and math.isfinite(s["psnr_db"]["mean"])
+    assert "mean ± std over 2 prompts" in r.stdout and "± " in (out / "report.md").read_text()
+
+
+def test_compare_needs_one_prompt_source(tmp_path):
+    r = run("compare", *TINY, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "--prompt" in r.output
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def test_psnr_and_ssim_sanity():
+    rng = np.random.default_rng(0)
+    a = rng.integers(20, 235, size=(64, 64, 3), dtype=np.uint8)
+    assert psnr(a, a) == math.inf and ssim(a, a) == pytest.approx(1.0)
+    b = a + np.uint8(10)  # MSE exactly 100
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 100))
+    noisy = np.clip(a.astype(int) + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)
+    very = np.clip(a.astype(int) + rng.normal(0, 60, a.shape), 0, 255).astype(np.uint8)
+    assert 1 > ssim(a, noisy) > ssim(a, very) > -1
+    assert ssim(a, noisy) == pytest.approx(ssim(noisy, a))
+    assert psnr(a, noisy) > psnr(a, very)
+    with pytest.raises(ValueError):
+        psnr(a, a[:32])
+
+
+def test_token_agreement_and_latent_cosine():
+    x = torch.zeros(1, 2, 2, 4, dtype=torch.bool)
+    y = x.clone()
+    y[0, 0, 0] = True  # 4 of 16 bits differ
+    assert token_agreement(x, y) == 0.75 and token_agreement(x, None) is None
+    z = torch.randn(2, 3, 4, 4)
+    assert latent_cosine(z, z) == pytest.approx(1.0) and latent_cosine(z, -z) == pytest.approx(-1.0)
+
+
+def test_paired_fidelity_of_identical_runs(tiny_pipe):
+    a = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=5))
+    f = paired_fidelity(a, a, [4, 5, 6])
+    assert f["psnr_db"] == math.inf and f["identical"] and f["ssim"] == pytest.approx(1.0)
+    assert f["token_agreement_pruned"] == 1.0 and f["latent_cosine"] == pytest.approx(1.0)
