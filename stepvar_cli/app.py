@@ -256,6 +256,12 @@ app.command()(bench)
 app.command()(compare)
 
 
+from .train_commands import eval_cmd, train_app  # noqa: E402  (registered after the shared helpers exist)
+
+app.add_typer(train_app, name="train")
+app.command("eval")(eval_cmd)
+
+
 def main() -> None:
     try:
         app()

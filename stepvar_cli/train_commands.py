@@ -1,0 +1,129 @@
+"""`stepvar train ...` and `stepvar eval`: thin adapters over stepvar.training and stepvar.evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+train_app = typer.Typer(no_args_is_help=True, help="Train the project's own small models (the toy world).")
+
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, log.jsonl, config.json).")]
+Steps = Annotated[int, typer.Option(help="Total updates; a resumed run continues up to this count.")]
+Resume = Annotated[bool, typer.Option(help="Resume from the run directory's checkpoint.")]
+Seed = Annotated[int, typer.Option(help="Seed for data, init and dropout: a run is reproducible from it.")]
+Batch = Annotated[int, typer.Option(help="Images per update.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
+def _log_printer(as_json: bool):
+    from .app import out
+
+    def on_log(record: dict) -> None:
+        if as_json:
+            print(json.dumps(record))
+        else:
+            rest = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step",))
+            out.print(f"step {record['step']}: {rest}")
+    return on_log
+
+
+@train_app.command("vae")
+def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
+                  device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Train the toy world's BSQ VAE on rendered scenes."""
+    from stepvar.training.train_vae import VAETrainConfig, train_vae
+
+    from .app import out, run_guarded
+
+    def body():
+        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device)
+        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
+        out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+
+    run_guarded(body)
+
+
+@train_app.command("gpt")
+def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The VAE run directory or checkpoint (frozen).")],
+                  steps: Steps = 30000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
+                  self_correction: Annotated[float, typer.Option(help="Bitwise self-correction strength (0 = off).")] = 0.0,
+                  device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Train the toy transformer and its grammar text encoder against a frozen VAE."""
+    from stepvar.training.train_gpt import GPTTrainConfig, train_transformer
+
+    from .app import out, run_guarded
+
+    def body():
+        cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction)
+        res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
+                                on_log=_log_printer(as_json))
+        out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+
+    run_guarded(body)
+
+
+@train_app.command("export")
+def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer run directory or checkpoint.")],
+               out_dir: OutDir) -> None:
+    """Write the shippable fp16 weights (transformer, VAE, text encoder) and model.json."""
+    from stepvar.training.train_gpt import export_embedded
+
+    from .app import out, run_guarded
+
+    run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir)}"))
+
+
+def eval_cmd(
+    images: Annotated[Optional[Path], typer.Option(help="Score the PNGs in this directory (prompt read from each PNG).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompt file, one per line (default: the held-out set).")] = None,
+    samples: Annotated[int, typer.Option(help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset.")] = None,
+    method: Annotated[str, typer.Option(help="Pruning method.")] = "dense",
+    keep: Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales.")] = None,
+    seed: Annotated[int, typer.Option(help="First sampler seed.")] = 0,
+    cfg: Annotated[str, typer.Option(help="CFG scale or per-scale list.")] = "3",
+    tau: Annotated[str, typer.Option(help="Temperature or per-scale list.")] = "0.5",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the images and eval.json here.")] = None,
+    device: Device = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Score images GenEval-style on the toy world: object, count, colour, position."""
+    from stepvar.errors import StepvarError
+    from stepvar.evaluate import evaluate_image_dir, evaluate_pipeline
+    from stepvar.options import parse_float_list
+    from stepvar.sampling import SamplingConfig
+    from stepvar.toy.evaluator import load_prompts
+
+    from .app import _pruner, err, out, run_guarded
+
+    def body():
+        if images is not None:
+            report = evaluate_image_dir(images)
+            status = None
+        else:
+            from stepvar.pipeline import load_pipeline
+
+            if samples < 1:
+                raise StepvarError(f"--samples must be >= 1, got {samples}")
+            prompt_list = load_prompts(prompts)
+            pruner = _pruner(method, keep, None, None)
+            pipe = load_pipeline(model, device=device)
+            status = pipe.status
+            if not pipe.trained:
+                err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            sampling = SamplingConfig(cfg=parse_float_list(cfg, "cfg"), tau=parse_float_list(tau, "tau"), seed=seed)
+            report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir)
+        data = report.to_dict() | ({"model_status": status} if status else {})
+        if as_json:
+            print(json.dumps(data, default=str))
+            return
+        for name, value in data.get("categories", {}).items():
+            out.print(f"{name:>14}: {value:.3f}")
+        out.print(f"{'overall':>14}: [bold]{data['overall']:.3f}[/] over {data['n_images']} images")
+
+    run_guarded(body)

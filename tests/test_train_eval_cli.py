@@ -1,0 +1,52 @@
+"""`stepvar train` and `stepvar eval` wiring (tiny smoke runs; real training is a benchmark, not a test)."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from stepvar.io import save_image
+from stepvar.toy.grammar import parse
+from stepvar.toy.world import render, sample_scene_for_prompt
+from stepvar_cli.app import app
+
+runner = CliRunner()
+
+
+def test_eval_scores_ground_truth_images(tmp_path):
+    rng = np.random.default_rng(0)
+    prompts = ["a red circle", "two blue squares", "a yellow triangle above a green circle"]
+    for i, p in enumerate(prompts):
+        save_image(tmp_path / f"{i}.png", render(sample_scene_for_prompt(parse(p), rng)), {"prompt": p})
+    r = runner.invoke(app, ["eval", "--images", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["overall"] == 1.0
+
+
+def test_eval_generates_and_labels_untrained(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    r = runner.invoke(app, ["eval", "--model", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    assert data["n_images"] == 1 and data["model_status"].startswith("untrained")
+    assert (tmp_path / "o" / "eval.json").exists()
+
+
+def test_eval_rejects_words_outside_the_grammar(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a purple elephant\n")
+    r = runner.invoke(app, ["eval", "--model", "tiny", "--prompts", str(prompts)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+
+
+def test_train_vae_smoke_and_resume(tmp_path):
+    out = tmp_path / "vae"
+    r = runner.invoke(app, ["train", "vae", "--out", str(out), "--steps", "1", "--batch", "2", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert (out / "checkpoint.pt").exists()
+    again = runner.invoke(app, ["train", "vae", "--out", str(out), "--steps", "1", "--batch", "2", "--device", "cpu"])
+    assert again.exit_code == 2  # an existing run is never overwritten without --resume
+    resumed = runner.invoke(app, ["train", "vae", "--out", str(out), "--steps", "2", "--batch", "2", "--device", "cpu",
+                                  "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
