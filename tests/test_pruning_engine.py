@@ -163,3 +163,21 @@ def test_shared_selection_only_pairs_cfg_rows():
     x = torch.randn(4, 64, 16)
     assert torch.equal(pr.select(x, 8, 8, 32, cfg_pairs=True)[:2], pr.select(x, 8, 8, 32, cfg_pairs=True)[2:])
     assert not torch.equal(pr.select(x, 8, 8, 32, cfg_pairs=False)[:2], pr.select(x, 8, 8, 32, cfg_pairs=False)[2:])
+
+
+def test_residual_propagation_equals_per_block_propagation_with_a_fixed_selection(tiny_pipe, monkeypatch):
+    """propagate=residual (one propagation per scale) == per-block update propagation, same subset."""
+    from stepvar.pruning.stepvar import StepVAR
+
+    def every_other(self, x_BLC, h, w, k, cfg_pairs=False):
+        B, L, _ = x_BLC.shape
+        return torch.arange(0, L, 2).repeat(B, 1)[:, :k]
+
+    monkeypatch.setattr(StepVAR, "select", every_other)
+    sched = tiny_pipe.schedule("0.25M")
+    res = tiny_pipe.generate("x", sched, make_pruner("stepvar", keep=0.5, propagate="residual"), SamplingConfig(seed=2),
+                             decode=False, keep_hidden=True)
+    blk = tiny_pipe.generate("x", sched, make_pruner("stepvar", keep=0.5, selection="block"), SamplingConfig(seed=2),
+                             decode=False, keep_hidden=True)
+    for a, b in zip(res.sample.hidden, blk.sample.hidden):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

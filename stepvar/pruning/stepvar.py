@@ -20,6 +20,7 @@ from .scores import dc_score, joint_score, keep_count, normalize_score, select_t
 SCORES = ("joint", "texture", "structure", "random", "dc")
 SELECTIONS = ("scale", "block", "sublayer")
 CFG_ROWS = ("separate", "shared")
+PROPAGATE = ("hidden", "residual")
 
 
 @dataclass
@@ -36,6 +37,11 @@ class StepVARConfig:
     border: str = "exclude_pad"  # O9: exclude_pad | zero_pad | replicate | reflect
     selection: str = "scale"  # O3: scale (once, before the pruned layers) | block | sublayer
     cfg_rows: str = "separate"  # O5: separate per row | shared (sum of both rows' normalised scores)
+    # O7, with selection "scale": "hidden" gives a pruned position the nearest kept token's final
+    # hidden state; "residual" gives it its own scale input plus the nearest kept token's update
+    # (h - x). The latter equals propagating every block's update with a fixed selection (the
+    # sum of copied updates is the copied sum), so it costs one propagation per scale.
+    propagate: str = "residual"  # chosen by measurement: docs/pruning.md
     dense_prefix: int | None = 0  # O12: layers before selection that run on all tokens
     dense_suffix: int | None = 0  # O12: layers after propagation that run on all tokens
     rounding: str = "round"  # O11: round -> round(L*keep); fastvar -> L - int(L*(1-keep))
@@ -45,7 +51,7 @@ class StepVARConfig:
 
     def check(self) -> None:
         for name, value, allowed in (("score", self.score, SCORES), ("selection", self.selection, SELECTIONS),
-                                     ("cfg_rows", self.cfg_rows, CFG_ROWS)):
+                                     ("cfg_rows", self.cfg_rows, CFG_ROWS), ("propagate", self.propagate, PROPAGATE)):
             if value not in allowed:
                 raise ConfigError(f"stepvar {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.power_iters < 1:
@@ -125,11 +131,15 @@ class StepVAR(Pruner):
         for layer in range(self.plan.first_layer):
             x = run_block_dense(run, layer, x, cos, sin)
         idx_Bl = self.select(x, h, w, self.keep_tokens(run.si, run.scale.n), run.cfg_pairs)
-        x_BlC = gather_rows(x, idx_Bl)
+        x_BlC = start_BlC = gather_rows(x, idx_Bl)
         cos_k, sin_k = run.rope(run.pos_L2[idx_Bl])  # kept tokens keep their own RoPE positions
         for layer in range(self.plan.first_layer, self.plan.end_layer):
             x_BlC = run_block_dense(run, layer, x_BlC, cos_k, sin_k)
-        x = propagate(x_BlC, nearest_kept(idx_Bl, h, w, metric=self.cfg.metric))
+        nn_BL = nearest_kept(idx_Bl, h, w, metric=self.cfg.metric)
+        if self.cfg.propagate == "residual":
+            x = x + propagate(x_BlC - start_BlC, nn_BL)
+        else:
+            x = propagate(x_BlC, nn_BL)
         for layer in range(self.plan.end_layer, depth):
             x = run_block_dense(run, layer, x, cos, sin)
         return x
