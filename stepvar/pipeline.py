@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, StepvarError
 from .models.bsq_vae import VAE_PRESETS, BSQVAE
 from .models.config import ModelPreset, load_model_preset
@@ -25,26 +26,6 @@ from .schedules import ScaleSchedule, get_schedule
 from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
 
 DEFAULT_MODEL = "small-untrained"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise StepvarError("--device cuda was asked for, but torch sees no CUDA device")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise StepvarError(f"unknown --device {device!r}; use auto, cpu or cuda") from None
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in table:
-        raise StepvarError(f"unknown --dtype {dtype!r}; use auto, fp32 or bf16")
-    return table[dtype]
 
 
 @dataclass

@@ -228,7 +228,7 @@ def overhead(
 ) -> None:
     """Time StepVAR's selection + propagation against the dense block stack of the same scale."""
     from stepvar.overhead import measure_selection_overhead
-    from stepvar.pipeline import resolve_device
+    from stepvar.devices import resolve_device
     from stepvar.schedules import RESOLUTIONS
 
     def body():

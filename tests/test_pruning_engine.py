@@ -181,3 +181,13 @@ def test_residual_propagation_equals_per_block_propagation_with_a_fixed_selectio
                              decode=False, keep_hidden=True)
     for a, b in zip(res.sample.hidden, blk.sample.hidden):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("template", [1.0, 1.25, 0.8, 1.333, 0.75, 1.5, 0.666, 1.75, 0.571, 2.0, 0.5, 2.5, 0.4, 3.0, 0.333])
+def test_every_aspect_template_prunes_to_budget(tiny_pipe, template):
+    sched = get_schedule("0.06M", template)
+    pr = make_pruner("stepvar", keep=0.5)
+    r = tiny_pipe.generate("x", sched, pr, SamplingConfig(seed=0, cfg=1.0), decode=False)
+    for si in pr.pruned_scales(sched):
+        assert r.sample.counter.per_scale(si)[0] == round(sched.scales[si].n * 0.5)
+    assert r.sample.bits[-1].shape[1:3] == (sched.last.h, sched.last.w)

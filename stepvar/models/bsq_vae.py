@@ -341,7 +341,8 @@ def _grid_hw(scale: Sequence[int]) -> tuple[int, int]:
     return int(scale[0]), int(scale[1])
 
 
-def _resize(x_BdHW: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
+def resize_latent(x_BdHW: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
+    """Area or bilinear (the release's 'trilinear' on t = 1) resize; a no-op at the same size."""
     if tuple(x_BdHW.shape[-2:]) == hw:
         return x_BdHW
     if mode == "area":
@@ -366,15 +367,15 @@ def multiscale_encode(z_BdHW: torch.Tensor, scales: Sequence[Sequence[int]]) -> 
     summed = torch.zeros_like(residual)
     bits_out, residual_inputs, next_inputs = [], [], []
     for si, hw in enumerate(grids):
-        residual_in_Bdhw = _resize(residual, hw, "area")
+        residual_in_Bdhw = resize_latent(residual, hw, "area")
         bits_Bdhw, codes_Bdhw = quantize(residual_in_Bdhw)
-        codes_up_BdHW = _resize(codes_Bdhw, (H, W), "bilinear")
+        codes_up_BdHW = resize_latent(codes_Bdhw, (H, W), "bilinear")
         residual = residual - codes_up_BdHW
         summed = summed + codes_up_BdHW
         bits_out.append(bits_Bdhw.permute(0, 2, 3, 1))  # (B, h, w, d)
         residual_inputs.append(residual_in_Bdhw)
         if si + 1 < len(grids):
-            next_inputs.append(_resize(summed, grids[si + 1], "bilinear"))
+            next_inputs.append(resize_latent(summed, grids[si + 1], "bilinear"))
     return MultiScaleCodes(bits_out, residual_inputs, summed, next_inputs)
 
 

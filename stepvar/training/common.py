@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..devices import resolve_device  # noqa: F401  (re-exported for the trainers)
 from ..errors import CheckpointError, ConfigError, StepvarError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -44,17 +45,6 @@ RESUMABLE_CHANGES = frozenset({"device", "ckpt_every", "log_every"})
 # --------------------------------------------------------------------------------------------------
 # Device, autocast, seeds
 # --------------------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StepvarError("device cuda was asked for, but torch sees no CUDA device")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise StepvarError(f"unknown device {name!r}; use auto, cpu or cuda") from None
 
 
 def autocast(device: torch.device, enabled: bool = True):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..models.bsq_vae import bits_to_codes
+from ..models.bsq_vae import bits_to_codes, resize_latent
 from ..models.infinity import Conditioning, Infinity
 from ..schedules import ScaleSchedule
 
@@ -60,14 +60,6 @@ class ScaleTargets(NamedTuple):
     next_inputs: list[torch.Tensor]  # n-1 x (B, d, h', w'): accumulation after scale s, on grid s+1
 
 
-def _resize(x_BdHW: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
-    if tuple(x_BdHW.shape[-2:]) == hw:
-        return x_BdHW
-    if mode == "area":
-        return F.interpolate(x_BdHW, size=hw, mode="area")
-    return F.interpolate(x_BdHW, size=hw, mode="bilinear", align_corners=False)
-
-
 def _flip_probabilities(B: int, strength: float, generator: torch.Generator | None) -> torch.Tensor:
     """Per-row flip probability drawn uniformly from {0, 0.01, ..., strength} (spec §12)."""
     steps = int(round(strength * 100))
@@ -97,17 +89,17 @@ def multiscale_targets(
     summed = torch.zeros_like(residual)
     bits_out, next_inputs = [], []
     for si, hw in enumerate(grids):
-        bits_Bdhw = _resize(residual, hw, "area") > 0
+        bits_Bdhw = resize_latent(residual, hw, "area") > 0
         used = bits_Bdhw
         if p_B is not None and si < n_flip:
             u = torch.rand(bits_Bdhw.shape, generator=generator).to(z_BdHW.device)
             used = bits_Bdhw ^ (u < p_B.to(z_BdHW.device)[:, None, None, None])
-        codes_up = _resize(bits_to_codes(used, dim=1), (H, W), "bilinear")
+        codes_up = resize_latent(bits_to_codes(used, dim=1), (H, W), "bilinear")
         residual = residual - codes_up
         summed = summed + codes_up
         bits_out.append(bits_Bdhw.permute(0, 2, 3, 1))  # (B, h, w, d)
         if si + 1 < len(grids):
-            next_inputs.append(_resize(summed, grids[si + 1], "bilinear"))
+            next_inputs.append(resize_latent(summed, grids[si + 1], "bilinear"))
     return ScaleTargets(bits_out, next_inputs)
 
 
