@@ -103,3 +103,14 @@ def test_inspect_exit_codes(tmp_path):
 def test_version():
     r = run("--version")
     assert r.exit_code == 0 and "stepvar" in r.stdout
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "m.png"
+    assert run("generate", "-p", "x", "-m", "tiny", "-o", out).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
