@@ -111,6 +111,9 @@ class Infinity(nn.Module):
             for _ in range(cfg.block_chunks)
         )
         self.rope = Rope2D(cfg.head_dim)
+        # Flat execution order, built once: the per-layer loops index it on the hot path.
+        # A plain tuple (not registered): the modules stay owned by block_chunks.
+        self._blocks = tuple(blk for chunk in self.block_chunks for blk in chunk.module)
 
     def init_buffers(self, device: torch.device | str = "cpu") -> None:
         """(Re)create the non-persistent buffers, e.g. after building on the meta device.
@@ -133,9 +136,9 @@ class Infinity(nn.Module):
                     module._buffers["zero_k_bias"] = module._buffers["zero_k_bias"].float()
 
     @property
-    def blocks(self) -> list[CrossAttnBlock]:
+    def blocks(self) -> tuple[CrossAttnBlock, ...]:
         """All blocks in execution order (chunk order, then module order)."""
-        return [blk for chunk in self.block_chunks for blk in chunk.module]
+        return self._blocks
 
     # ---- text conditioning -------------------------------------------------------------
     def uncond_text(self, mask_BT: torch.Tensor) -> torch.Tensor:
