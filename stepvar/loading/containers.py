@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..io import atomic_path
 
 CONTAINERS = ("pth-flat", "pth-training", "vae", "safetensors", "safetensors-sharded")
 INDEX_NAME = "model.safetensors.index.json"
@@ -227,16 +228,12 @@ def _read_sharded(index: Path) -> LoadedCheckpoint:
 
 @contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary name beside `path`; rename it over `path` only if writing succeeded."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """stepvar.io.atomic_path, with write failures reported as a checkpoint error."""
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            yield tmp
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint: {_one_line(exc)}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

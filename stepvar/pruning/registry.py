@@ -8,7 +8,6 @@ settings are saved with every output.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..models.config import _load_yaml, _preset_root

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 from .. import __version__
 from ..devices import resolve_device  # noqa: F401  (re-exported for the trainers)
 from ..errors import CheckpointError, ConfigError, StepvarError
+from ..io import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -143,20 +143,10 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], 
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it (never a torn file)."""
+    """torch.save through stepvar.io.atomic_path: temporary file, fsync, rename (never a torn file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def read_training_checkpoint(path: str | os.PathLike) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.bsq_vae import bits_to_codes, resize_latent
