@@ -82,8 +82,6 @@ def test_models_and_methods_listings():
 
 
 def test_inspect_exit_codes(tmp_path):
-    import torch
-
     from stepvar.loading.checkpoints import save_checkpoint
     from stepvar.models.config import load_model_preset
     from stepvar.models.infinity import Infinity

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from stepvar.errors import ConfigError
 from stepvar.options import choose_schedule

@@ -82,6 +82,17 @@ class Rngs:
 
 
 @dataclass
+class RunSettings:
+    """How a training run runs (not what it learns); shared by the VAE and transformer configs."""
+
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (no effect on CPU)
+    ckpt_every: int = 500
+    log_every: int = 10
+
+
+@dataclass
 class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.05

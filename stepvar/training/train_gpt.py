@@ -35,7 +35,7 @@ from ..models.infinity import Infinity
 from ..schedules import ScaleSchedule, get_schedule
 from ..toy.grammar import MAX_TOKENS
 from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
-from .common import Job, OptimConfig, Rngs, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
+from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
     read_training_checkpoint, resolve_device, run_job
 from .data import sample_pairs, to_model_images
 from .teacher_forcing import flat_bits, forward_teacher_forced, multiscale_targets, teacher_forced_inputs
@@ -50,7 +50,7 @@ def toy_arch() -> InfinityConfig:
 
 
 @dataclass
-class GPTTrainConfig:
+class GPTTrainConfig(RunSettings):
     arch: InfinityConfig = field(default_factory=toy_arch)
     text: ToyTextConfig = ToyTextConfig()
     budget: str = "0.06M"              # schedule trained on (square template)
@@ -60,11 +60,6 @@ class GPTTrainConfig:
     self_correction_scales: int | None = None  # flip on the first n scales only (None = all)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True                   # bf16 autocast on CUDA (no effect on CPU)
-    ckpt_every: int = 500
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.arch, dict):

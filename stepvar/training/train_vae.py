@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..errors import CheckpointError, ConfigError
 from ..models.bsq_vae import VAE_PRESETS, BSQVAE, VAEConfig, multiscale_encode
 from ..schedules import get_schedule
-from .common import Job, OptimConfig, Rngs, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
+from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
     read_training_checkpoint, resolve_device, run_job
 from .data import random_crops, sample_pairs, to_model_images
 
@@ -42,7 +42,7 @@ TOY_VAE = VAE_PRESETS["toy"]  # the embedded model's VAE
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(RunSettings):
     vae: VAEConfig = TOY_VAE
     image_size: int = 256          # scenes are rendered at this size ...
     crop: int = 128                # ... and trained on random crops of this size (multiple of the stride)
@@ -53,11 +53,6 @@ class VAETrainConfig:
     commit_weight: float = 0.25
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=3e-4, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=200, decay_steps=20000, grad_clip=1.0))
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True               # bf16 autocast on CUDA (no effect on CPU)
-    ckpt_every: int = 500
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.vae, dict):
