@@ -58,8 +58,8 @@ def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: st
             "keep": _scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
             "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
-            "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None,
-            "pruned_scales": pruner.pruned_scales(schedule), "skipped_scales": []}
+            "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None, "score": None,
+            "score_categories": None, "pruned_scales": pruner.pruned_scales(schedule), "skipped_scales": []}
 
 
 def _fill(row: dict, result, mem, ref, ref_row: dict | None, fidelity: dict) -> None:
@@ -122,8 +122,29 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     return report
 
 
+def toy_spec(prompt: str):
+    """The prompt's parse in the toy world's grammar, or None: only such prompts can be scored."""
+    from .errors import StepvarError
+    from .toy.grammar import parse
+
+    try:
+        return parse(prompt)
+    except StepvarError:
+        return None
+
+
+def _score(row: dict, image: np.ndarray, spec) -> None:
+    """The evaluator's verdicts for this image: score = 1.0 when every requirement holds."""
+    from .toy.evaluator import score
+
+    verdicts = score(image, spec)
+    row["score"] = float(verdicts.pop("overall"))
+    row["score_categories"] = {k: bool(v) for k, v in verdicts.items()}
+
+
 def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, report, images, say) -> None:
     ref = ref_row = None
+    spec = toy_spec(prompt)
     for c in configs:
         pruner = c.pruner()
         name = image_name(idx, c)
@@ -146,6 +167,8 @@ def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, rep
         _fill(row, result, mem, ref[0], ref_row, fidelity)
         if ref_row is None:
             ref_row = row
+        if spec is not None:
+            _score(row, result.images[0], spec)
         save_image(out / name, result.images[0], {"prompt": prompt, "seed": str(sampling.seed), "record": result.record})
         images[(idx, c.label)] = result.images[0]
         report.rows.append(row)
@@ -169,7 +192,7 @@ def summarize(rows: list[dict], configs: Sequence[BenchConfig]) -> list[dict]:
             continue
         item = {"method": c.spec, "label": c.label, "keep": sel[0]["keep"], "n": len(sel)}
         for key in ("time_s", "speedup_vs_dense", "transformer_speedup_vs_dense", "ssim", "token_agreement_pruned",
-                    "latent_cosine"):
+                    "latent_cosine", "score"):
             item[key] = _stat([r[key] for r in sel if r[key] is not None])
         item["psnr_db"] = _stat([r["psnr_db"] for r in sel if r["psnr_db"] is not None])
         item["psnr_db"]["n_identical"] = sum(1 for r in sel if r["identical"])

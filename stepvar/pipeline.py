@@ -132,7 +132,13 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
-    if weights is None:
+    if preset.embedded:
+        if weights is not None or vae is not None or text_encoder is not None:
+            raise StepvarError(f"{preset.name} ships its weights inside the package; --weights/--vae/--text-encoder do not apply")
+        net, ae, enc = load_embedded_preset(preset)
+        sources["weights"] = f"embedded ({embedded_dir(preset).name}, {embedded_meta(preset)['trained_steps']} training steps)"
+        trained = True
+    elif weights is None:
         if vae is not None:
             raise StepvarError("--vae was given without --weights; give both, or neither for random weights")
         net, ae = _build_untrained(preset, init_seed)
@@ -151,16 +157,53 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
         load_vae_weights(ae, vae)
         sources.update(weights=str(weights), vae=str(vae))
         trained = True
-    enc = _make_text_encoder(preset, text_encoder, dev, trained)
+    if not preset.embedded:
+        enc = _make_text_encoder(preset, text_encoder, dev, trained)
     if text_encoder is not None:
         sources["text_encoder"] = str(text_encoder)
     if enc.channels != preset.arch.text_channels:
         raise StepvarError(f"text encoder width {enc.channels} != model text_channels {preset.arch.text_channels}")
     net.to(dev).eval()
     ae.to(dev).eval()
+    if isinstance(enc, torch.nn.Module):
+        enc.to(dev).eval()
     if dt != torch.float32:
         net.cast_blocks(dt)
     return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources)
+
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def embedded_dir(preset: ModelPreset) -> Path:
+    """Where an embedded preset's exported weights live inside the installed package."""
+    return ASSETS / preset.name
+
+
+def embedded_meta(preset: ModelPreset) -> dict:
+    import json
+
+    path = embedded_dir(preset) / "model.json"
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        raise StepvarError(f"{preset.name}: its embedded weights are missing ({path}); reinstall stepvar") from None
+
+
+def load_embedded_preset(preset: ModelPreset):
+    """(Infinity, BSQVAE, text encoder) from the package's assets; the preset's arch must match the export."""
+    from dataclasses import asdict
+
+    from .training.train_gpt import load_embedded
+
+    meta = embedded_meta(preset)
+    shipped = {k: v for k, v in meta["arch"].items() if k not in ("name", "description")}
+    declared = {k: v for k, v in asdict(preset.arch).items() if k in shipped}
+    declared = {k: list(v) if isinstance(v, tuple) else v for k, v in declared.items()}
+    diff = sorted(k for k in shipped if declared.get(k) != shipped[k])
+    if diff:
+        raise StepvarError(f"{preset.name}: preset and embedded weights disagree on {', '.join(diff)}")
+    return load_embedded(embedded_dir(preset))
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

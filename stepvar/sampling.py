@@ -32,6 +32,17 @@ class SamplingConfig:
     top_p: float = 0.97
     seed: int | None = 0
 
+    @classmethod
+    def for_model(cls, preset_sampling: dict, cfg=None, tau=None, top_p: float | None = None,
+                  seed: int | None = 0) -> "SamplingConfig":
+        """The preset's defaults (then the class defaults) with every given value taking precedence."""
+        unknown = set(preset_sampling) - {"cfg", "tau", "top_p"}
+        if unknown:
+            raise ConfigError(f"unknown sampling setting(s) in the model preset: {', '.join(sorted(unknown))}")
+        base = cls(**preset_sampling)
+        return cls(cfg=base.cfg if cfg is None else cfg, tau=base.tau if tau is None else tau,
+                   top_p=base.top_p if top_p is None else top_p, seed=seed)
+
     def per_scale(self, name: str, n: int) -> list[float]:
         value = getattr(self, name)
         values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]

@@ -37,9 +37,20 @@ ResOpt = Annotated[Optional[int], typer.Option("--resolution", "-r", help="256, 
 AspectOpt = Annotated[Optional[str], typer.Option(help="Aspect ratio W:H (e.g. 1:1, 4:3) or h/w; snapped to the nearest template.")]
 SizeOpt = Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT in pixels, snapped to the nearest schedule.")]
 SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
-CfgOpt = Annotated[str, typer.Option(help="CFG scale, or one per scale as a comma list. 1 disables CFG.")]
-TauOpt = Annotated[str, typer.Option(help="Sampling temperature, or one per scale as a comma list.")]
-TopPOpt = Annotated[float, typer.Option("--top-p", help="Top-p on each bit.")]
+CfgOpt = Annotated[Optional[str], typer.Option(help="CFG scale, or one per scale as a comma list. 1 disables CFG. [default: the model preset's, else 3]")]
+TauOpt = Annotated[Optional[str], typer.Option(help="Sampling temperature, or one per scale as a comma list. [default: the model preset's, else 0.5]")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Top-p on each bit. [default: the model preset's, else 0.97]")]
+
+
+def sampling_options(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int | None):
+    """SamplingConfig from the command line, falling back to the model preset's sampling defaults."""
+    from stepvar.models.config import load_model_preset
+    from stepvar.options import parse_float_list
+    from stepvar.pipeline import DEFAULT_MODEL
+    from stepvar.sampling import SamplingConfig
+
+    return SamplingConfig.for_model(load_model_preset(model or DEFAULT_MODEL).sampling, parse_float_list(cfg, "cfg"),
+                                    parse_float_list(tau, "tau"), top_p, seed)
 MethodOpt = Annotated[str, typer.Option(help="Pruning method (see `stepvar methods`).")]
 KeepOpt = Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales, in (0, 1]; default: the method preset's.")]
 KeepTableOpt = Annotated[Optional[str], typer.Option("--keep-per-scale", help="Per-scale keep ratios, e.g. 9:0.6,10:0.5.")]
@@ -96,7 +107,7 @@ def generate(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png or .jpg); a .json sidecar is written beside it.")] = Path("stepvar.png"),
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
-    seed: SeedOpt = 0, cfg: CfgOpt = "3", tau: TauOpt = "0.5", top_p: TopPOpt = 0.97,
+    seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
@@ -104,16 +115,15 @@ def generate(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepvar.io import check_output_path, save_image, save_json, IMAGE_SUFFIXES
-    from stepvar.options import choose_schedule, parse_float_list
+    from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
-    from stepvar.sampling import SamplingConfig
     from stepvar.text import check_prompts
 
     def body():
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
         check_output_path(out_path, IMAGE_SUFFIXES)
-        sampling = SamplingConfig(cfg=parse_float_list(cfg, "cfg"), tau=parse_float_list(tau, "tau"), top_p=top_p, seed=seed)
+        sampling = sampling_options(model, cfg, tau, top_p, seed)
         pruner = _pruner(method, keep, keep_per_scale, first_scale)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
         schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)

@@ -51,11 +51,8 @@ def _keeps(text: str | None) -> list[float] | None:
     return [check_keep(v, "--keep") for v in values]
 
 
-def _sampling(cfg: str, tau: str, top_p: float, seed: int):
-    from stepvar.options import parse_float_list
-    from stepvar.sampling import SamplingConfig
-
-    return SamplingConfig(cfg=parse_float_list(cfg, "cfg"), tau=parse_float_list(tau, "tau"), top_p=top_p, seed=seed)
+def _sampling(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int):
+    return cli.sampling_options(model, cfg, tau, top_p, seed)
 
 
 def _note_untrained(pipe) -> None:
@@ -83,11 +80,11 @@ def bench(
     batch: Annotated[int, typer.Option(help="Prompts per generation (one larger batch is worth a second run).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs per configuration (median and IQR).")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs per configuration.")] = 2,
-    prompt: PromptOpt = "a lighthouse on a cliff at dawn",
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt used for every run (default: the model preset's example prompt).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for report.json/.csv/.md and plots (created).")] = None,
     flops_only: Annotated[bool, typer.Option("--flops-only", help="Analytic FLOPs only: nothing runs, no weights needed (any model on any machine).")] = False,
     model: cli.ModelOpt = None, weights: cli.WeightsOpt = None, vae: cli.VaeOpt = None, text_encoder: cli.TextEncOpt = None,
-    seed: cli.SeedOpt = 0, cfg: cli.CfgOpt = "3", tau: cli.TauOpt = "0.5", top_p: cli.TopPOpt = 0.97,
+    seed: cli.SeedOpt = 0, cfg: cli.CfgOpt = None, tau: cli.TauOpt = None, top_p: cli.TopPOpt = None,
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
@@ -97,15 +94,18 @@ def bench(
     def body():
         keeps = _keeps(keep)
         methods_list = _split(methods)
-        sampling = _sampling(cfg, tau, top_p, seed)
+        sampling = _sampling(model, cfg, tau, top_p, seed)
+        from stepvar.models.config import load_model_preset
+        from stepvar.pipeline import DEFAULT_MODEL
+
+        text = prompt if prompt is not None else load_model_preset(model or DEFAULT_MODEL).example_prompt
         if flops_only:
-            report = _flops_only(model, resolution, methods_list, keeps, batch, prompt, aspect, sampling)
+            report = _flops_only(model, resolution, methods_list, keeps, batch, text, aspect, sampling)
             if out_dir is not None:
                 write_bench_outputs(report, prepare_out_dir(out_dir), final=True)
         else:
             from stepvar.bench import expand_configs
-            from stepvar.models.config import load_model_preset
-            from stepvar.pipeline import DEFAULT_MODEL, load_pipeline
+            from stepvar.pipeline import load_pipeline
 
             # Everything that can be checked without weights is checked before they load.
             res = _resolutions(resolution, load_model_preset(model or DEFAULT_MODEL).arch.default_budget)
@@ -115,7 +115,7 @@ def bench(
             pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
             _note_untrained(pipe)
             try:
-                report = run_bench(pipe, res, methods_list, keeps, batch, repeats, warmup, [prompt], seed,
+                report = run_bench(pipe, res, methods_list, keeps, batch, repeats, warmup, [text], seed,
                                    out_dir=out_dir, aspect=aspect or "1:1", sampling=sampling,
                                    on_progress=lambda msg: cli.err.print(msg, highlight=False))
             except KeyboardInterrupt:
@@ -182,7 +182,7 @@ def compare(
     resolution: cli.ResOpt = None, aspect: cli.AspectOpt = None, size: cli.SizeOpt = None,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs of every method before the compared runs.")] = 1,
     model: cli.ModelOpt = None, weights: cli.WeightsOpt = None, vae: cli.VaeOpt = None, text_encoder: cli.TextEncOpt = None,
-    seed: cli.SeedOpt = 0, cfg: cli.CfgOpt = "3", tau: cli.TauOpt = "0.5", top_p: cli.TopPOpt = 0.97,
+    seed: cli.SeedOpt = 0, cfg: cli.CfgOpt = None, tau: cli.TauOpt = None, top_p: cli.TopPOpt = None,
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
@@ -196,7 +196,7 @@ def compare(
         prompts = _read_prompts(prompt, prompts_file)
         keeps = _keeps(keep)
         methods_list = _split(methods)
-        sampling = _sampling(cfg, tau, top_p, seed)
+        sampling = _sampling(model, cfg, tau, top_p, seed)
         if warmup < 0:
             cli.fail(f"--warmup must be >= 0, got {warmup}")
         prepare_out_dir(out_dir)

@@ -16,6 +16,27 @@ Resume = Annotated[bool, typer.Option(help="Resume from the run directory's chec
 Seed = Annotated[int, typer.Option(help="Seed for data, init and dropout: a run is reproducible from it.")]
 Batch = Annotated[int, typer.Option(help="Images per update.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+CkptEvery = Annotated[int, typer.Option(help="Write the checkpoint every this many updates (and at the end).")]
+LR = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the config's).")]
+Warmup = Annotated[Optional[int], typer.Option(help="Linear warm-up updates (default: the config's).")]
+Decay = Annotated[Optional[int], typer.Option("--decay-steps", help="Cosine horizon; default --steps, so the LR reaches its floor at the end.")]
+
+
+def _optim(default, lr: float | None, warmup: int | None, decay: int | None, steps: int,
+           resume_dir: Path | None = None):
+    """Optimiser settings: the command line's overrides over the config's; a fresh run's cosine ends at
+    --steps, a resumed run keeps the LR curve it was started with (so --steps can grow)."""
+    from dataclasses import replace
+
+    from stepvar.training.common import OptimConfig
+
+    stored = resume_dir / "config.json" if resume_dir is not None else None
+    if stored is not None and stored.is_file():
+        base = OptimConfig(**json.loads(stored.read_text())["optim"])
+    else:
+        base = replace(default, warmup_steps=min(default.warmup_steps, max(1, steps // 10)), decay_steps=steps)
+    return replace(base, lr=base.lr if lr is None else lr, warmup_steps=base.warmup_steps if warmup is None else warmup,
+                   decay_steps=base.decay_steps if decay is None else decay)
 
 
 def _log_printer(as_json: bool):
@@ -32,6 +53,7 @@ def _log_printer(as_json: bool):
 
 @train_app.command("vae")
 def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
+                  lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy world's BSQ VAE on rendered scenes."""
     from stepvar.training.train_vae import VAETrainConfig, train_vae
@@ -39,7 +61,8 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
     from .app import out, run_guarded
 
     def body():
-        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device)
+        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, ckpt_every=ckpt_every)
+        cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
         out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
 
@@ -50,6 +73,9 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
 def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The VAE run directory or checkpoint (frozen).")],
                   steps: Steps = 30000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
                   self_correction: Annotated[float, typer.Option(help="Bitwise self-correction strength (0 = off).")] = 0.0,
+                  prefix_batch: Annotated[int, typer.Option(help="Extra rows per update trained on the first --prefix-scales scales only (cheap layout signal).")] = 0,
+                  prefix_scales: Annotated[int, typer.Option(help="Scales the prefix rows run.")] = 5,
+                  lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy transformer and its grammar text encoder against a frozen VAE."""
     from stepvar.training.train_gpt import GPTTrainConfig, train_transformer
@@ -57,7 +83,9 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
     from .app import out, run_guarded
 
     def body():
-        cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction)
+        cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction,
+                             prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every)
+        cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
         out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
@@ -84,8 +112,8 @@ def eval_cmd(
     method: Annotated[str, typer.Option(help="Pruning method.")] = "dense",
     keep: Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales.")] = None,
     seed: Annotated[int, typer.Option(help="First sampler seed.")] = 0,
-    cfg: Annotated[str, typer.Option(help="CFG scale or per-scale list.")] = "3",
-    tau: Annotated[str, typer.Option(help="Temperature or per-scale list.")] = "0.5",
+    cfg: Annotated[Optional[str], typer.Option(help="CFG scale or per-scale list. [default: the model preset's]")] = None,
+    tau: Annotated[Optional[str], typer.Option(help="Temperature or per-scale list. [default: the model preset's]")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the images and eval.json here.")] = None,
     device: Device = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -93,11 +121,9 @@ def eval_cmd(
     """Score images GenEval-style on the toy world: object, count, colour, position."""
     from stepvar.errors import StepvarError
     from stepvar.evaluate import evaluate_image_dir, evaluate_pipeline
-    from stepvar.options import parse_float_list
-    from stepvar.sampling import SamplingConfig
     from stepvar.toy.evaluator import load_prompts
 
-    from .app import _pruner, err, out, run_guarded
+    from .app import _pruner, err, out, run_guarded, sampling_options
 
     def body():
         if images is not None:
@@ -116,7 +142,7 @@ def eval_cmd(
                 err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
-            sampling = SamplingConfig(cfg=parse_float_list(cfg, "cfg"), tau=parse_float_list(tau, "tau"), seed=seed)
+            sampling = sampling_options(model, cfg, tau, None, seed)
             report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir)
         data = report.to_dict() | ({"model_status": status} if status else {})
         if as_json:

@@ -241,6 +241,21 @@ def test_compare_prompt_file_mean_and_std(tmp_path):
     s = summary["stepvar@0.4"]
     assert s["n"] == 2 and s["psnr_db"]["n"] == 2 and s["psnr_db"]["std"] >= 0 and math.isfinite(s["psnr_db"]["mean"])
     assert "mean ± std over 2 prompts" in r.stdout and "± " in (out / "report.md").read_text()
+    # toy-world prompts get the evaluator's verdict on the very image that was saved
+    from stepvar.toy.evaluator import score
+
+    for x in data["results"]:
+        with Image.open(out / x["image"]) as im:
+            verdicts = score(np.asarray(im.convert("RGB")), x["prompt"])
+        assert x["score"] == float(verdicts.pop("overall")) and x["score_categories"] == verdicts
+    assert summary["dense"]["score"]["n"] == 2 and "score" in (out / "report.md").read_text()
+
+
+def test_compare_leaves_prompts_outside_the_toy_grammar_unscored(tmp_path):
+    r = run("compare", *TINY, "--prompt", "a lighthouse at dawn", "--methods", "stepvar", "--warmup", 0,
+            "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    assert all(x["score"] is None and x["score_categories"] is None for x in json.loads(r.stdout)["results"])
 
 
 def test_compare_needs_one_prompt_source(tmp_path):

@@ -135,6 +135,30 @@ def test_gradients_reach_text_encoder_and_null_text():
     assert all(p.grad is None for p in job.vae.parameters())  # frozen
 
 
+def test_prefix_rows_equal_the_full_forward_on_their_first_scales():
+    """Rows trained on a prefix of the scales give the loss a full forward gives on those tokens."""
+    from stepvar.training.train_gpt import _forward_rows, bit_loss, gpt_loss
+
+    job = GPTJob(tiny_gpt_cfg(cfg_dropout=0.0, batch_size=1, prefix_batch=2, prefix_scales=3), tiny_vae())
+    job.model.eval()
+    batch = job.next_batch()
+    assert batch.n_full == 1 and batch.ids_BT.shape[0] == 3
+    with torch.no_grad():
+        mixed, _ = gpt_loss(job.model, job.text_encoder, batch, job.schedule, amp=False)
+        full_logits = []
+        for r in range(3):  # brute force: every row over every scale, one at a time
+            row = batch._replace(ids_BT=batch.ids_BT[r:r + 1], bits=[b[r:r + 1] for b in batch.bits],
+                                 next_inputs=[z[r:r + 1] for z in batch.next_inputs], drop_B=batch.drop_B[r:r + 1],
+                                 n_full=None)
+            feats, mask = job.text_encoder(row.ids_BT)
+            full_logits.append(_forward_rows(job.model, feats, mask, slice(0, 1), row.bits, row.next_inputs, job.schedule))
+    end = job.schedule.offsets[2][1]
+    num = bit_loss(*full_logits[0])[0] * full_logits[0][1].numel()
+    num = num + sum(bit_loss(lg[:, :end], lb[:, :end])[0] * lb[:, :end].numel() for lg, lb in full_logits[1:])
+    den = full_logits[0][1].numel() + sum(lb[:, :end].numel() for _, lb in full_logits[1:])
+    torch.testing.assert_close(mixed, num / den, rtol=1e-5, atol=1e-6)
+
+
 def test_vae_overfits_one_batch():
     job = VAEJob(tiny_vae_cfg())
     batch = job.next_batch()

@@ -82,7 +82,7 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "d56_patchify": VAEConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4), patchify=True),
     # Small stride-16 VAEs for tests and for the project's own models (not official files).
     "tiny": VAEConfig(codebook_dim=8, base_ch=16, ch_mult=(1, 1, 2, 2, 2), num_res_blocks=1, groups=8),
-    "toy": VAEConfig(codebook_dim=16, base_ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, groups=8),
+    "toy": VAEConfig(codebook_dim=16, base_ch=16, ch_mult=(1, 2, 2, 4, 4), num_res_blocks=1, groups=8),
 }
 
 # Official file stems -> preset. The scripts spell the 2B VAE "d32_reg", the release "d32reg" (§3).

@@ -99,6 +99,8 @@ class ModelPreset:
     vae_file: str | None = None
     embedded: bool = False  # weights ship inside the package
     description: str = ""
+    example_prompt: str = "a lighthouse on a cliff at dawn"  # what bench uses when given no prompt
+    sampling: dict = field(default_factory=dict)  # cfg / tau / top_p this model is sampled with by default
 
 
 def list_model_presets() -> list[str]:
