@@ -53,6 +53,8 @@ def _log_printer(as_json: bool):
 
 @train_app.command("vae")
 def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
+                  init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights.")] = None,
+                  decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy world's BSQ VAE on rendered scenes."""
@@ -61,7 +63,8 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
     from .app import out, run_guarded
 
     def body():
-        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, ckpt_every=ckpt_every)
+        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, ckpt_every=ckpt_every,
+                             init_from=None if init_from is None else str(init_from), decoder_only=decoder_only)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
         out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
@@ -95,13 +98,14 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
 
 @train_app.command("export")
 def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer run directory or checkpoint.")],
-               out_dir: OutDir) -> None:
+               out_dir: OutDir,
+               vae: Annotated[Optional[Path], typer.Option(help="Ship this decoder-only fine-tune of the run's VAE instead.")] = None) -> None:
     """Write the shippable fp16 weights (transformer, VAE, text encoder) and model.json."""
     from stepvar.training.train_gpt import export_embedded
 
     from .app import out, run_guarded
 
-    run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir)}"))
+    run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
 
 
 def eval_cmd(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from stepvar.errors import ConfigError, StepvarError
+from stepvar.errors import CheckpointError, ConfigError, StepvarError
 from stepvar.models.bsq_vae import VAE_PRESETS, BSQVAE, multiscale_encode
 from stepvar.models.blocks import KVCache
 from stepvar.models.config import InfinityConfig
@@ -22,7 +22,7 @@ from stepvar.training import (GPTTrainConfig, OptimConfig, VAETrainConfig, expor
 from stepvar.training.common import lr_at
 from stepvar.training.teacher_forcing import block_causal_mask
 from stepvar.training.train_gpt import GPTJob
-from stepvar.training.train_vae import VAEJob
+from stepvar.training.train_vae import VAEJob, load_trained_vae
 
 TINY_VAE = VAE_PRESETS["tiny"]
 
@@ -218,3 +218,21 @@ def test_export_and_load_embedded(tmp_path):
         res = sample(model, feats, mask, get_schedule("0.06M"), LatentCodec(8), SamplingConfig(seed=0))
         img = vae.decode(res.latent_BdHW)
     assert img.shape == (1, 3, 256, 256) and np.isfinite(img.numpy()).all()
+
+
+def test_decoder_only_finetune_keeps_the_encoder_and_replaces_the_shipped_decoder(tmp_path):
+    train_vae(tiny_vae_cfg(), tmp_path / "vae", steps=1)
+    train_transformer(tiny_gpt_cfg(), tmp_path / "gpt", steps=1, vae=tmp_path / "vae")
+    train_vae(tiny_vae_cfg(init_from=str(tmp_path / "vae"), decoder_only=True), tmp_path / "dec", steps=2)
+    before, after = load_trained_vae(tmp_path / "vae").state_dict(), load_trained_vae(tmp_path / "dec").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    _, vae, _ = load_embedded(export_embedded(tmp_path / "gpt", tmp_path / "export", vae=tmp_path / "dec"))
+    shipped = vae.state_dict()
+    assert all(torch.equal(shipped[k], after[k].half().float()) for k in after)
+    # a VAE with another encoder would silently change the codes: refused
+    train_vae(tiny_vae_cfg(seed=7), tmp_path / "other", steps=1)
+    with pytest.raises(CheckpointError, match="encoder differs"):
+        export_embedded(tmp_path / "gpt", tmp_path / "export2", vae=tmp_path / "other")
+    with pytest.raises(ConfigError, match="init_from"):
+        tiny_vae_cfg(decoder_only=True)

@@ -220,8 +220,12 @@ EXPORT_FILES = {"transformer": "transformer.safetensors", "vae": "vae.safetensor
 
 
 def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                    dtype: torch.dtype = torch.float16) -> Path:
+                    dtype: torch.dtype = torch.float16, vae: str | os.PathLike | None = None) -> Path:
     """Write the three weight files (cast to `dtype`) plus model.json from a transformer checkpoint.
+
+    `vae`: ship this VAE (a run of `train vae --decoder-only`) instead of the one in the checkpoint;
+    its encoder must equal the checkpoint's bit for bit, so the codes the transformer learnt are
+    unchanged and only the decoder differs.
 
     The files are plain state dicts in safetensors, loadable with stepvar.loading's strict loaders
     (load_model_weights, load_vae_weights) and ToyTextEncoder.load_state_dict.
@@ -230,6 +234,8 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
     if ckpt["kind"] != "transformer":
         raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint; export needs a transformer checkpoint")
+    if vae is not None:
+        ckpt["modules"]["vae"] = _same_encoder_vae(ckpt["modules"]["vae"], vae)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, fname in EXPORT_FILES.items():
@@ -241,6 +247,15 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             "dtype": str(dtype).replace("torch.", ""), "files": EXPORT_FILES}
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def _same_encoder_vae(trained_on: dict, path: str | os.PathLike) -> dict:
+    new = load_trained_vae(path).state_dict()
+    enc = [k for k in trained_on if k.startswith("encoder.")]
+    if set(new) != set(trained_on) or not all(torch.equal(new[k], trained_on[k]) for k in enc):
+        raise CheckpointError(f"{path}: its encoder differs from the one the transformer was trained on; "
+                              "only a decoder-only fine-tune of that VAE can replace it")
+    return new
 
 
 def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cpu"):

@@ -51,6 +51,8 @@ class VAETrainConfig(RunSettings):
     l1_weight: float = 1.0
     edge_weight: float = 0.5
     commit_weight: float = 0.25
+    init_from: str | None = None   # a VAE run directory or checkpoint whose weights start this run
+    decoder_only: bool = False     # freeze the encoder: the codes (and a transformer trained on them) stay valid
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=3e-4, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=200, decay_steps=20000, grad_clip=1.0))
 
@@ -63,6 +65,8 @@ class VAETrainConfig(RunSettings):
             raise ConfigError(f"crop {self.crop} must be a multiple of the VAE stride {self.vae.stride} and <= image_size")
         if self.vae.patchify:
             raise ConfigError("VAE training does not support the patchify variant")
+        if self.decoder_only and self.init_from is None:
+            raise ConfigError("decoder_only needs init_from: a trained encoder to keep")
 
 
 def quantizer_grids(budget: str, latent_hw: tuple[int, int], token_stride: int = 16) -> list[tuple[int, int]]:
@@ -81,12 +85,12 @@ def _edges(x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts for one batch of images in [-1, 1]."""
     device = img_B3HW.device
-    with autocast(device, cfg.amp):
+    with autocast(device, cfg.amp), torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.decoder_only):
         z = vae.encoder(img_B3HW).float()  # (B, d, H, W)
     grids = quantizer_grids(cfg.budget, tuple(z.shape[-2:]), vae.cfg.token_stride)
     zq = multiscale_encode(z.detach(), grids).summed_BdHW
     with autocast(device, cfg.amp):
-        rec = vae.decoder(z + (zq - z).detach()).float()  # straight-through estimator
+        rec = vae.decoder(z + (zq - z).detach()).float()  # straight-through estimator (plain zq when decoder_only)
     l1 = (rec - img_B3HW).abs().mean()
     (rx, ry), (tx, ty) = _edges(rec), _edges(img_B3HW)
     edge = 0.5 * ((rx - tx).abs().mean() + (ry - ty).abs().mean())
@@ -105,10 +109,19 @@ class VAEJob(Job):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
-        self.vae = BSQVAE(cfg.vae).to(self.device).train()
+        self.vae = BSQVAE(cfg.vae)
+        if cfg.init_from is not None:
+            start = load_trained_vae(cfg.init_from)
+            if start.cfg != cfg.vae:
+                raise ConfigError(f"init_from {cfg.init_from}: its VAE config differs from this run's")
+            self.vae.load_state_dict(start.state_dict())
+        self.vae.to(self.device).train()
+        if cfg.decoder_only:
+            self.vae.encoder.requires_grad_(False).eval()
         self.modules = {"vae": self.vae}
-        self.params = [p for p in self.vae.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.vae.named_parameters(), cfg.optim)
+        named = [(n, p) for n, p in self.vae.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.optimizer = make_optimizer(named, cfg.optim)
         self.rngs = Rngs.from_seed(cfg.seed)
 
     def config_dict(self) -> dict:
