@@ -188,6 +188,7 @@ def _print_inspect(data: dict) -> None:
 def models(as_json: JsonOpt = False) -> None:
     """List the model presets and what each needs."""
     from stepvar.models.config import list_model_presets, load_model_preset
+    from stepvar.pipeline import DEFAULT_MODEL
 
     def body():
         rows = []
@@ -196,14 +197,15 @@ def models(as_json: JsonOpt = False) -> None:
             rows.append({"name": name, "depth": p.arch.depth, "width": p.arch.width, "heads": p.arch.heads,
                          "resolution_budget": p.arch.default_budget, "vae": p.arch.vae, "text_encoder": p.text_encoder,
                          "needs": p.needs, "weights_file": p.weights_file, "vae_file": p.vae_file,
-                         "embedded": p.embedded, "description": p.description})
+                         "embedded": p.embedded, "default": name == DEFAULT_MODEL, "description": p.description})
         if as_json:
             print(json.dumps(rows))
             return
         table = Table("preset", "depth x width", "budget", "needs", "description")
         for r in rows:
             needs = ", ".join(r["needs"]) or "nothing (runs out of the box)"
-            table.add_row(r["name"], f"{r['depth']} x {r['width']}", r["resolution_budget"], needs, r["description"])
+            name = r["name"] + (" (default)" if r["default"] else "")
+            table.add_row(name, f"{r['depth']} x {r['width']}", r["resolution_budget"], needs, r["description"])
         out.print(table)
 
     run_guarded(body)

@@ -236,3 +236,20 @@ def test_decoder_only_finetune_keeps_the_encoder_and_replaces_the_shipped_decode
         export_embedded(tmp_path / "gpt", tmp_path / "export2", vae=tmp_path / "other")
     with pytest.raises(ConfigError, match="init_from"):
         tiny_vae_cfg(decoder_only=True)
+
+
+def test_object_weighted_vae_loss():
+    from stepvar.training.data import sample_pairs, sample_pairs_with_masks
+    from stepvar.training.train_vae import vae_loss
+
+    p1, im1 = sample_pairs(np.random.default_rng(3), 3, 64)
+    p2, im2, masks = sample_pairs_with_masks(np.random.default_rng(3), 3, 64)
+    assert p1 == p2 and np.array_equal(im1, im2)  # the same draws: masks come for free
+    assert masks.any(axis=(1, 2)).all() and not masks.all(axis=(1, 2)).any()
+    job = VAEJob(tiny_vae_cfg(object_weight=4.0))
+    img, weight = job.next_batch()
+    assert set(weight.unique().tolist()) <= {1.0, 5.0}
+    with torch.no_grad():
+        plain, _ = vae_loss(job.vae, img, job.cfg)
+        ones, _ = vae_loss(job.vae, img, job.cfg, torch.ones_like(weight))
+    torch.testing.assert_close(plain, ones)

@@ -287,8 +287,14 @@ def random_prompt(rng: np.random.Generator) -> str:
 
 def make_pair(rng: np.random.Generator, size: int = 256):
     """One training example: (canonical prompt, uint8 image (size, size, 3), spec)."""
+    prompt, image, spec, _ = make_example(rng, size)
+    return prompt, image, spec
+
+
+def make_example(rng: np.random.Generator, size: int = 256):
+    """make_pair plus the scene itself (for object masks); draws from rng exactly like make_pair."""
     from stepvar.toy.grammar import describe, random_spec
 
     spec = random_spec(rng)
-    image = render(sample_scene_for_prompt(spec, rng), size)
-    return describe(spec), image, spec
+    scene = sample_scene_for_prompt(spec, rng)
+    return describe(spec), render(scene, size), spec, scene

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..toy.world import make_pair
+from ..toy.world import make_example, make_pair, objects_mask
 
 
 def sample_pairs(rng: np.random.Generator, n: int, size: int = 256) -> tuple[list[str], np.ndarray]:
@@ -23,8 +23,19 @@ def sample_pairs(rng: np.random.Generator, n: int, size: int = 256) -> tuple[lis
     return prompts, np.stack(images)
 
 
+def sample_pairs_with_masks(rng: np.random.Generator, n: int, size: int = 256) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """sample_pairs (the same draws from rng) plus each scene's object mask, bool (n, size, size)."""
+    prompts, images, masks = [], [], []
+    for _ in range(n):
+        prompt, image, _, scene = make_example(rng, size)
+        prompts.append(prompt)
+        images.append(image)
+        masks.append(objects_mask(scene, size))
+    return prompts, np.stack(images), np.stack(masks)
+
+
 def random_crops(images_NHW3: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """One random crop x crop window per image (any offset: translation augmentation)."""
+    """One random crop x crop window per image (any offset: translation augmentation); any trailing channels."""
     n, H, W, _ = images_NHW3.shape
     if crop >= H and crop >= W:
         return images_NHW3

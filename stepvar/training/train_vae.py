@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +36,7 @@ from ..models.bsq_vae import VAE_PRESETS, BSQVAE, VAEConfig, multiscale_encode
 from ..schedules import get_schedule
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
     read_training_checkpoint, resolve_device, run_job
-from .data import random_crops, sample_pairs, to_model_images
+from .data import random_crops, sample_pairs, sample_pairs_with_masks, to_model_images
 
 # The embedded model's VAE (suggested preset "toy"): stride 16, d = 16, about 1M parameters (sized for CPU training).
 TOY_VAE = VAE_PRESETS["toy"]  # the embedded model's VAE
@@ -51,6 +52,7 @@ class VAETrainConfig(RunSettings):
     l1_weight: float = 1.0
     edge_weight: float = 0.5
     commit_weight: float = 0.25
+    object_weight: float = 0.0     # extra L1/edge weight on object pixels (1 + object_weight there)
     init_from: str | None = None   # a VAE run directory or checkpoint whose weights start this run
     decoder_only: bool = False     # freeze the encoder: the codes (and a transformer trained on them) stay valid
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
@@ -82,8 +84,9 @@ def _edges(x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_B3HW[..., :, 1:] - x_B3HW[..., :, :-1], x_B3HW[..., 1:, :] - x_B3HW[..., :-1, :]
 
 
-def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts for one batch of images in [-1, 1]."""
+def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig,
+             weight_B1HW: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts for one batch of images in [-1, 1]; optional per-pixel weights."""
     device = img_B3HW.device
     with autocast(device, cfg.amp), torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.decoder_only):
         z = vae.encoder(img_B3HW).float()  # (B, d, H, W)
@@ -91,9 +94,11 @@ def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig) -> tuple[
     zq = multiscale_encode(z.detach(), grids).summed_BdHW
     with autocast(device, cfg.amp):
         rec = vae.decoder(z + (zq - z).detach()).float()  # straight-through estimator (plain zq when decoder_only)
-    l1 = (rec - img_B3HW).abs().mean()
+    w = torch.ones_like(img_B3HW[:, :1]) if weight_B1HW is None else weight_B1HW
+    l1 = ((rec - img_B3HW).abs() * w).mean() / w.mean()
     (rx, ry), (tx, ty) = _edges(rec), _edges(img_B3HW)
-    edge = 0.5 * ((rx - tx).abs().mean() + (ry - ty).abs().mean())
+    wx, wy = torch.maximum(w[..., :, 1:], w[..., :, :-1]), torch.maximum(w[..., 1:, :], w[..., :-1, :])
+    edge = 0.5 * (((rx - tx).abs() * wx).mean() / wx.mean() + ((ry - ty).abs() * wy).mean() / wy.mean())
     commit = F.mse_loss(z, zq)
     loss = cfg.l1_weight * l1 + cfg.edge_weight * edge + cfg.commit_weight * commit
     with torch.no_grad():
@@ -127,12 +132,17 @@ class VAEJob(Job):
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
-    def next_batch(self) -> torch.Tensor:
-        _, images = sample_pairs(self.rngs.data, self.cfg.batch_size, self.cfg.image_size)
-        return to_model_images(random_crops(images, self.cfg.crop, self.rngs.data), self.device)
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.cfg.object_weight:
+            _, images = sample_pairs(self.rngs.data, self.cfg.batch_size, self.cfg.image_size)
+            return to_model_images(random_crops(images, self.cfg.crop, self.rngs.data), self.device), None
+        _, images, masks = sample_pairs_with_masks(self.rngs.data, self.cfg.batch_size, self.cfg.image_size)
+        both = random_crops(np.concatenate([images, masks[..., None].astype(np.uint8)], -1), self.cfg.crop, self.rngs.data)
+        weight = 1.0 + self.cfg.object_weight * torch.from_numpy(both[..., 3].astype(np.float32))[:, None]
+        return to_model_images(both[..., :3], self.device), weight.to(self.device)
 
-    def update(self, img_B3HW: torch.Tensor, step: int) -> dict[str, float]:
-        loss, metrics = vae_loss(self.vae, img_B3HW, self.cfg)
+    def update(self, batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> dict[str, float]:
+        loss, metrics = vae_loss(self.vae, batch[0], self.cfg, batch[1])
         loss.backward()
         lr = lr_at(step, self.cfg.optim)
         metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
