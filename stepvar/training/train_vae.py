@@ -15,6 +15,12 @@ gradients pass it with a straight-through estimator, z + sg(z_q - z). BSQ's entr
 residual over several scales already spreads information over the bits. If a long run shows
 bits stuck at one value, they are the first thing to add.
 
+Two options for a second stage: `object_weight` multiplies the L1 and edge terms on object
+pixels by (1 + object_weight) (the renderer knows where the objects are), because objects are a
+small fraction of a scene but carry everything the evaluator reads (colour, shape, position);
+`decoder_only` (with `init_from`) freezes the encoder, so the codes, and a transformer already
+trained on them, stay valid while the decoder improves.
+
 Training uses random crops (default 128 px of 256 px scenes, so texture statistics match
 the 256 px images the model generates). The VAE is fully convolutional; on a 128 px crop
 (latent 8 x 8) the schedule's grids up to 8 x 8 are used.
