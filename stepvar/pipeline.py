@@ -25,7 +25,7 @@ from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint
 from .schedules import ScaleSchedule, get_schedule
 from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
 
-DEFAULT_MODEL = "small-untrained"
+DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
 
 
 @dataclass

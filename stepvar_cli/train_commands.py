@@ -75,9 +75,10 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
 
 
 @train_app.command("gpt")
-def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The VAE run directory or checkpoint (frozen).")],
+def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The VAE (frozen): a VAE run directory or checkpoint, or an export directory such as stepvar/assets/toy.")],
                   steps: Steps = 30000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
                   self_correction: Annotated[float, typer.Option(help="Bitwise self-correction strength (0 = off).")] = 0.0,
+                  init_from: Annotated[Optional[Path], typer.Option(help="Start from these weights (an export directory or a transformer run) with a fresh optimiser.")] = None,
                   prefix_batch: Annotated[int, typer.Option(help="Extra rows per update trained on the first --prefix-scales scales only (cheap layout signal).")] = 0,
                   prefix_scales: Annotated[int, typer.Option(help="Scales the prefix rows run.")] = 5,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
@@ -89,7 +90,8 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
 
     def body():
         cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction,
-                             prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every)
+                             prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
+                             init_from=None if init_from is None else str(init_from))
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))

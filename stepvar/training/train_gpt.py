@@ -68,6 +68,7 @@ class GPTTrainConfig(RunSettings):
     self_correction_scales: int | None = None  # flip on the first n scales only (None = all)
     prefix_batch: int = 0              # extra rows trained on the first prefix_scales scales only
     prefix_scales: int = 5
+    init_from: str | None = None       # start from these weights: an export directory or a transformer checkpoint
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
 
@@ -158,6 +159,8 @@ class GPTJob(Job):
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
         self.model = Infinity(cfg.arch).to(self.device).train()
         self.text_encoder = ToyTextEncoder(cfg.text).to(self.device).train()
+        if cfg.init_from is not None:
+            self._init_weights(cfg.init_from)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.modules = {"transformer": self.model, "text_encoder": self.text_encoder, "vae": self.vae}
         named = [*self.model.named_parameters(), *(("text." + n, p) for n, p in self.text_encoder.named_parameters())]
@@ -170,6 +173,23 @@ class GPTJob(Job):
 
     def config_dict(self) -> dict:
         return {**asdict(self.cfg), "vae": asdict(self.vae.cfg)}
+
+    def _init_weights(self, source: str) -> None:
+        """Continue from shipped (fp16, upcast) or checkpointed weights with a fresh optimiser."""
+        p = Path(source)
+        if (p / "model.json").is_file():
+            model, _, text = load_embedded(p)
+            states = model.state_dict(), text.state_dict()
+        else:
+            ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+            if ckpt["kind"] != "transformer":
+                raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint; init_from needs a transformer")
+            states = ckpt["modules"]["transformer"], ckpt["modules"]["text_encoder"]
+        try:
+            self.model.load_state_dict(states[0])
+            self.text_encoder.load_state_dict(states[1])
+        except RuntimeError as exc:
+            raise ConfigError(f"init_from {p}: weights do not fit this architecture ({str(exc).splitlines()[0]})") from None
 
     @torch.no_grad()
     def next_batch(self) -> GPTBatch:
@@ -197,7 +217,12 @@ class GPTJob(Job):
 
 
 def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
-    return vae if isinstance(vae, BSQVAE) else load_trained_vae(vae)
+    """A BSQVAE, an export directory's VAE, or a VAE training run's."""
+    if isinstance(vae, BSQVAE):
+        return vae
+    if (Path(vae) / "model.json").is_file():
+        return load_embedded(vae)[1]
+    return load_trained_vae(vae)
 
 
 def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps: int,
