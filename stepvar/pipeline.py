@@ -135,8 +135,8 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     if preset.embedded:
         if weights is not None or vae is not None or text_encoder is not None:
             raise StepvarError(f"{preset.name} ships its weights inside the package; --weights/--vae/--text-encoder do not apply")
-        net, ae, enc = load_embedded_preset(preset)
-        sources["weights"] = f"embedded ({embedded_dir(preset).name}, {embedded_meta(preset)['trained_steps']} training steps)"
+        net, ae, enc, meta = load_embedded_preset(preset)
+        sources["weights"] = f"embedded ({embedded_dir(preset).name}, {meta['trained_steps']} training steps)"
         trained = True
     elif weights is None:
         if vae is not None:
@@ -191,7 +191,7 @@ def embedded_meta(preset: ModelPreset) -> dict:
 
 
 def load_embedded_preset(preset: ModelPreset):
-    """(Infinity, BSQVAE, text encoder) from the package's assets; the preset's arch must match the export."""
+    """(Infinity, BSQVAE, text encoder, model.json) from the package's assets; the preset's arch must match."""
     from dataclasses import asdict
 
     from .training.train_gpt import load_embedded
@@ -203,7 +203,7 @@ def load_embedded_preset(preset: ModelPreset):
     diff = sorted(k for k in shipped if declared.get(k) != shipped[k])
     if diff:
         raise StepvarError(f"{preset.name}: preset and embedded weights disagree on {', '.join(diff)}")
-    return load_embedded(embedded_dir(preset))
+    return (*load_embedded(embedded_dir(preset)), meta)
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

@@ -40,17 +40,6 @@ SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
 CfgOpt = Annotated[Optional[str], typer.Option(help="CFG scale, or one per scale as a comma list. 1 disables CFG. [default: the model preset's, else 3]")]
 TauOpt = Annotated[Optional[str], typer.Option(help="Sampling temperature, or one per scale as a comma list. [default: the model preset's, else 0.5]")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Top-p on each bit. [default: the model preset's, else 0.97]")]
-
-
-def sampling_options(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int | None):
-    """SamplingConfig from the command line, falling back to the model preset's sampling defaults."""
-    from stepvar.models.config import load_model_preset
-    from stepvar.options import parse_float_list
-    from stepvar.pipeline import DEFAULT_MODEL
-    from stepvar.sampling import SamplingConfig
-
-    return SamplingConfig.for_model(load_model_preset(model or DEFAULT_MODEL).sampling, parse_float_list(cfg, "cfg"),
-                                    parse_float_list(tau, "tau"), top_p, seed)
 MethodOpt = Annotated[str, typer.Option(help="Pruning method (see `stepvar methods`).")]
 KeepOpt = Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales, in (0, 1]; default: the method preset's.")]
 KeepTableOpt = Annotated[Optional[str], typer.Option("--keep-per-scale", help="Per-scale keep ratios, e.g. 9:0.6,10:0.5.")]
@@ -99,6 +88,17 @@ def _pruner(method: str, keep: float | None, keep_table: str | None, first_scale
     if first_scale is not None:
         overrides["first_scale"] = first_scale
     return make_pruner(method, keep=table if table is not None else keep, **overrides)
+
+
+def sampling_options(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int | None):
+    """SamplingConfig from the command line, falling back to the model preset's sampling defaults."""
+    from stepvar.models.config import load_model_preset
+    from stepvar.options import parse_float_list
+    from stepvar.pipeline import DEFAULT_MODEL
+    from stepvar.sampling import SamplingConfig
+
+    return SamplingConfig.for_model(load_model_preset(model or DEFAULT_MODEL).sampling, parse_float_list(cfg, "cfg"),
+                                    parse_float_list(tau, "tau"), top_p, seed)
 
 
 @app.command()

@@ -65,6 +65,14 @@ def test_the_issue_example_looks_right(toy_pipe):
     assert verdicts["overall"], verdicts
 
 
+def test_cli_uses_the_presets_sampling_defaults(tmp_path):
+    r = CliRunner().invoke(app, ["generate", "--prompt", "a green square", "--out", str(tmp_path / "g.png"), "--json"])
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout.strip().splitlines()[-1])
+    assert record["model"] == "toy" and record["model_status"] == "trained"
+    assert record["sampling"]["cfg"] == PRESET.sampling["cfg"] and record["sampling"]["tau"] == PRESET.sampling["tau"]
+
+
 def test_unknown_word_is_a_one_line_error(tmp_path):
     r = CliRunner().invoke(app, ["generate", "--prompt", "a purple elephant", "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 2, r.output

@@ -78,3 +78,17 @@ def test_a_prompt_gets_the_same_image_whatever_else_is_in_the_batch(tiny_pipe):
     alone = tiny_pipe.generate("a red circle", sampling=SamplingConfig(seed=9))
     batch = tiny_pipe.generate(["a red circle", "two blue squares"], sampling=SamplingConfig(seed=9))
     assert all((a[0] == b[0]).float().mean() > 0.999 for a, b in zip(alone.sample.bits, batch.sample.bits))
+
+
+def test_sampling_defaults_come_from_the_model_preset():
+    from stepvar.errors import ConfigError
+    from stepvar.sampling import SamplingConfig
+
+    s = SamplingConfig.for_model({"cfg": 5.0, "tau": 0.25}, seed=3)
+    assert (s.cfg, s.tau, s.top_p, s.seed) == (5.0, 0.25, SamplingConfig().top_p, 3)
+    s = SamplingConfig.for_model({"cfg": 5.0}, cfg=[1.0, 2.0], tau=0.7, top_p=0.9)
+    assert (s.cfg, s.tau, s.top_p) == ([1.0, 2.0], 0.7, 0.9)  # the command line wins
+    d = SamplingConfig()
+    assert SamplingConfig.for_model({}).cfg == d.cfg and SamplingConfig.for_model({}).tau == d.tau
+    with pytest.raises(ConfigError, match="temperature"):
+        SamplingConfig.for_model({"temperature": 1.0})
