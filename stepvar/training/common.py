@@ -160,8 +160,11 @@ def atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def read_training_checkpoint(path: str | os.PathLike) -> dict:
+def read_training_checkpoint(path: str | os.PathLike, kind: str | None = None, purpose: str = "this") -> dict:
+    """A training checkpoint from a file or a run directory; with `kind`, it must be of that kind."""
     path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no training checkpoint there")
     try:
@@ -170,6 +173,8 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: cannot read training checkpoint: {str(exc).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt or "modules" not in ckpt:
         raise CheckpointError(f"{path}: not a stepvar training checkpoint")
+    if kind is not None and ckpt["kind"] != kind:
+        raise CheckpointError(f"{path}: a {ckpt['kind']} checkpoint; {purpose} needs a {kind} checkpoint")
     return ckpt
 
 

@@ -181,9 +181,7 @@ class GPTJob(Job):
             model, _, text = load_embedded(p)
             states = model.state_dict(), text.state_dict()
         else:
-            ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
-            if ckpt["kind"] != "transformer":
-                raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint; init_from needs a transformer")
+            ckpt = read_training_checkpoint(p, "transformer", "init_from")
             states = ckpt["modules"]["transformer"], ckpt["modules"]["text_encoder"]
         try:
             self.model.load_state_dict(states[0])
@@ -255,10 +253,7 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     The files are plain state dicts in safetensors, loadable with stepvar.loading's strict loaders
     (load_model_weights, load_vae_weights) and ToyTextEncoder.load_state_dict.
     """
-    p = Path(checkpoint)
-    ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
-    if ckpt["kind"] != "transformer":
-        raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint; export needs a transformer checkpoint")
+    ckpt = read_training_checkpoint(checkpoint, "transformer", "export")
     if vae is not None:
         ckpt["modules"]["vae"] = _same_encoder_vae(ckpt["modules"]["vae"], vae)
     out = Path(out_dir)

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..models.bsq_vae import VAE_PRESETS, BSQVAE, VAEConfig, multiscale_encode
 from ..schedules import get_schedule
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
@@ -168,10 +167,7 @@ def train_vae(config: VAETrainConfig, out_dir: str | os.PathLike, steps: int,
 
 def load_trained_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> BSQVAE:
     """The VAE of a VAE training checkpoint (a file or a run directory), in eval mode."""
-    p = Path(path)
-    ckpt = read_training_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
-    if ckpt["kind"] != "vae":
-        raise CheckpointError(f"{p}: a {ckpt['kind']} checkpoint, not a VAE training checkpoint")
+    ckpt = read_training_checkpoint(path, "vae", "loading a VAE")
     vae = BSQVAE(VAEConfig(**ckpt["config"]["vae"]))
     vae.load_state_dict(ckpt["modules"]["vae"])
     return vae.to(device).eval()
