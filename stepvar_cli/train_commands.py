@@ -81,6 +81,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                   init_from: Annotated[Optional[Path], typer.Option(help="Start from these weights (an export directory or a transformer run) with a fresh optimiser.")] = None,
                   prefix_batch: Annotated[int, typer.Option(help="Extra rows per update trained on the first --prefix-scales scales only (cheap layout signal).")] = 0,
                   prefix_scales: Annotated[int, typer.Option(help="Scales the prefix rows run.")] = 5,
+                  latents: Annotated[Optional[Path], typer.Option(help="Train on this pre-encoded scene pool (`stepvar train latents`) instead of rendering and encoding fresh scenes every step.")] = None,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy transformer and its grammar text encoder against a frozen VAE."""
@@ -91,11 +92,51 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
     def body():
         cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction,
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
-                             init_from=None if init_from is None else str(init_from))
+                             init_from=None if init_from is None else str(init_from),
+                             latents=None if latents is None else str(latents))
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
         out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+
+    run_guarded(body)
+
+
+def _every(k_step: int, fn):
+    """Call fn(k, total) only when k crosses a multiple of k_step, and at the end."""
+    last = [0]
+
+    def call(k: int, total: int) -> None:
+        if k // k_step > last[0] // k_step or k == total:
+            fn(k, total)
+        last[0] = k
+
+    return call
+
+
+@train_app.command("latents")
+def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The pool file to write (safetensors).")],
+                vae: Annotated[Path, typer.Option(help="The frozen VAE the transformer will train against (as for `train gpt --vae`).")],
+                n: Annotated[int, typer.Option(help="Scenes in the pool.")] = 20000, seed: Seed = 1,
+                size: Annotated[int, typer.Option(help="Image side in pixels (the schedule's).")] = 256,
+                device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Render and VAE-encode a pool of scenes once, for `train gpt --latents` (about twice the update rate on CPU)."""
+    from stepvar.devices import resolve_device
+    from stepvar.training.latent_pool import build_latent_pool, save_latent_pool
+    from stepvar.training.train_gpt import _as_vae
+
+    from .app import out, run_guarded
+
+    def body():
+        dev = resolve_device(device)
+        pool = build_latent_pool(_as_vae(vae).to(dev), n, seed, size, device=dev,
+                                 on_progress=None if as_json else _every(2048, lambda k, total: out.print(f"encoded {k}/{total}")))
+        save_latent_pool(pool, out_file)
+        if as_json:
+            out.print_json(data={"path": str(out_file), "scenes": len(pool), "seed": seed, "image_size": size,
+                                 "encoder_sha256": pool.encoder_sha256})
+        else:
+            out.print(f"{len(pool)} scenes -> {out_file}")
 
     run_guarded(body)
 

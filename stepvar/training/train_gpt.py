@@ -42,6 +42,7 @@ from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
     read_training_checkpoint, resolve_device, run_job
 from .data import sample_pairs, to_model_images
+from .latent_pool import LatentPool, load_latent_pool
 from .teacher_forcing import flat_bits, forward_teacher_forced, multiscale_targets, teacher_forced_inputs
 from .train_vae import load_trained_vae
 
@@ -69,6 +70,7 @@ class GPTTrainConfig(RunSettings):
     prefix_batch: int = 0              # extra rows trained on the first prefix_scales scales only
     prefix_scales: int = 5
     init_from: str | None = None       # start from these weights: an export directory or a transformer checkpoint
+    latents: str | None = None         # train on this pre-encoded scene pool (latent_pool.py) instead of fresh scenes
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
 
@@ -170,6 +172,14 @@ class GPTJob(Job):
         self.schedule = get_schedule(cfg.budget, 1.0, vae.cfg.token_stride)
         if len(self.schedule) > cfg.arch.num_levels:
             raise ConfigError(f"budget {cfg.budget} has {len(self.schedule)} scales > arch.num_levels {cfg.arch.num_levels}")
+        self.pool = None if cfg.latents is None else self._load_pool(cfg.latents)
+
+    def _load_pool(self, path: str) -> LatentPool:
+        pool = load_latent_pool(path, self.vae)
+        size = self.schedule.pixel_size[0]
+        if pool.image_size != size:
+            raise ConfigError(f"latent pool {path} holds {pool.image_size}px scenes; budget {self.cfg.budget} trains {size}px")
+        return pool
 
     def config_dict(self) -> dict:
         return {**asdict(self.cfg), "vae": asdict(self.vae.cfg)}
@@ -192,9 +202,14 @@ class GPTJob(Job):
     @torch.no_grad()
     def next_batch(self) -> GPTBatch:
         B = self.cfg.batch_size + self.cfg.prefix_batch
-        prompts, images = sample_pairs(self.rngs.data, B, self.schedule.pixel_size[0])
-        with autocast(self.device, self.cfg.amp):
-            z = self.vae.encode(to_model_images(images, self.device))
+        if self.pool is not None:  # rows drawn with replacement: the data RNG state alone makes it resumable
+            idx = self.rngs.data.integers(0, len(self.pool), B)
+            prompts = [self.pool.prompts[i] for i in idx]
+            z = self.pool.z[torch.from_numpy(idx)].to(self.device)
+        else:
+            prompts, images = sample_pairs(self.rngs.data, B, self.schedule.pixel_size[0])
+            with autocast(self.device, self.cfg.amp):
+                z = self.vae.encode(to_model_images(images, self.device))
         grids = [(s.h, s.w) for s in self.schedule.scales]
         targets = multiscale_targets(z, grids, self.cfg.self_correction, self.cfg.self_correction_scales, self.rngs.torch)
         drop = torch.rand(B, generator=self.rngs.torch) < self.cfg.cfg_dropout

@@ -1,0 +1,85 @@
+"""Pre-encoded scene pools: exact latents of the trainers' own scenes, resumable training from
+them, and refusal of a pool made by another encoder or for another image size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stepvar.errors import CheckpointError, ConfigError
+from stepvar.pipeline import embedded_dir
+from stepvar.training import train_transformer, train_vae
+from stepvar.training.data import sample_pairs, to_model_images
+from stepvar.training.latent_pool import build_latent_pool, load_latent_pool, save_latent_pool
+from stepvar.training.teacher_forcing import multiscale_targets
+from stepvar.training.train_gpt import GPTJob
+from stepvar_cli.app import app
+
+from test_training import tiny_gpt_cfg, tiny_vae, tiny_vae_cfg
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "pool.safetensors"
+    save_latent_pool(build_latent_pool(tiny_vae(), 5, seed=3, chunk=2), path)
+    return path
+
+
+def test_pool_holds_the_encoded_scenes_of_its_seed(pool_file):
+    vae = tiny_vae().eval()
+    pool = load_latent_pool(pool_file, vae)
+    prompts, images = sample_pairs(np.random.default_rng(3), 5, 256)
+    x = to_model_images(images, "cpu")
+    with torch.no_grad():  # the pool's chunks of 2: oneDNN's conv may sum in another order for another batch size
+        z = torch.cat([vae.encode(x[i:i + 2]) for i in range(0, 5, 2)])
+    assert pool.prompts == prompts and pool.seed == 3 and pool.image_size == 256
+    assert torch.equal(pool.z, z)
+
+
+def test_training_batches_come_from_the_pool(pool_file):
+    job = GPTJob(tiny_gpt_cfg(latents=str(pool_file), batch_size=3), tiny_vae())
+    state = np.random.default_rng()
+    state.bit_generator.state = job.rngs.data.bit_generator.state
+    idx = state.integers(0, 5, 3)  # the draw next_batch will make
+    batch = job.next_batch()
+    grids = [(s.h, s.w) for s in job.schedule.scales]
+    want = multiscale_targets(job.pool.z[torch.from_numpy(idx)], grids)
+    assert all(torch.equal(a, b) for a, b in zip(batch.bits, want.bits))
+    assert batch.ids_BT.shape[0] == 3
+
+
+def test_pool_training_resumes_exactly(pool_file, tmp_path):
+    cfg = tiny_gpt_cfg(latents=str(pool_file), cfg_dropout=0.5)
+    full = train_transformer(cfg, tmp_path / "full", steps=3, vae=tiny_vae())
+    train_transformer(cfg, tmp_path / "part", steps=2, vae=tiny_vae())
+    rest = train_transformer(cfg, tmp_path / "part", steps=3, vae=tiny_vae(), resume=True)
+    assert rest.losses[0] == full.losses[2]
+
+
+def test_pool_of_another_encoder_or_size_is_refused(pool_file, tmp_path):
+    torch.manual_seed(5)
+    other = type(tiny_vae())(tiny_vae().cfg)
+    with pytest.raises(CheckpointError, match="different VAE encoder"):
+        GPTJob(tiny_gpt_cfg(latents=str(pool_file)), other)
+    with pytest.raises(ConfigError, match="256px scenes"):
+        GPTJob(tiny_gpt_cfg(latents=str(pool_file), budget="0.25M"), tiny_vae())
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a pool")
+    with pytest.raises(CheckpointError, match="not a latent pool"):
+        load_latent_pool(bad)
+
+
+def test_train_latents_cli(tmp_path):
+    train_vae(tiny_vae_cfg(), tmp_path / "vae", steps=1)
+    out = tmp_path / "p.safetensors"
+    r = CliRunner().invoke(app, ["train", "latents", "--vae", str(tmp_path / "vae"), "--out", str(out), "--n", "2",
+                                 "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["scenes"] == 2 and len(load_latent_pool(out)) == 2
+    missing = CliRunner().invoke(app, ["train", "gpt", "--vae", str(embedded_dir("toy")), "--out", str(tmp_path / "g"),
+                                       "--latents", str(tmp_path / "nope.safetensors"), "--steps", "1", "--device", "cpu"])
+    assert missing.exit_code == 2 and "no such latent pool" in missing.output
