@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .io import atomic_path, save_image, save_json, save_text
 from .measure import environment
 from .metrics import paired_fidelity
+from .paired import paired_comparisons
 from .report_md import fmt_seconds
 from .sampling import SamplingConfig
 from .schedules import ScaleSchedule
@@ -37,6 +38,7 @@ class CompareReport:
     settings: dict
     rows: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
+    paired: list[dict] = field(default_factory=list)
     status: str = "running"
 
     @property
@@ -45,7 +47,7 @@ class CompareReport:
 
     def to_dict(self) -> dict:
         return {"kind": "stepvar-compare", "schema_version": 1, "status": self.status, "environment": self.environment,
-                "settings": self.settings, "summary": self.summary, "results": self.rows}
+                "settings": self.settings, "summary": self.summary, "paired": self.paired, "results": self.rows}
 
 
 def image_name(prompt_index: int, config: BenchConfig) -> str:
@@ -110,14 +112,14 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     try:
         for idx, prompt in enumerate(prompts):
             _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, report, images, say)
-            report.summary = summarize(report.rows, configs)
+            _summarize(report, configs)
             _write(report, out, final=False)
         report.status = "complete"
     except KeyboardInterrupt:
         report.status = "interrupted"
         raise
     finally:
-        report.summary = summarize(report.rows, configs)
+        _summarize(report, configs)
         _write(report, out, final=True, images=images, configs=configs)
     return report
 
@@ -198,6 +200,11 @@ def summarize(rows: list[dict], configs: Sequence[BenchConfig]) -> list[dict]:
         item["psnr_db"]["n_identical"] = sum(1 for r in sel if r["identical"])
         out.append(item)
     return out
+
+
+def _summarize(report: CompareReport, configs: Sequence[BenchConfig]) -> None:
+    report.summary = summarize(report.rows, configs)
+    report.paired = paired_comparisons(report.rows, [c.label for c in configs])
 
 
 def _write(report: CompareReport, out: Path, final: bool, images=None, configs=None) -> None:

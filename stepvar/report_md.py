@@ -200,6 +200,29 @@ def summary_table_rows(summary: list[dict]) -> tuple[list[str], list[list[str]]]
     return head, cells
 
 
+def paired_table_rows(paired: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the paired table: A - B per metric, ± standard error, prompts where A is higher."""
+    head = ["A", "B", "PSNR A−B (dB)", "A higher", "SSIM A−B", "A higher"]
+    with_score = any(p["score"]["n"] for p in paired)
+    if with_score:
+        head += ["score A−B"]
+
+    def diff(d: dict, decimals: int) -> str:
+        if d["mean_diff"] is None:
+            return "-"
+        se = "" if d["se"] is None else f" ± {d['se']:.{decimals}f}"
+        return f"{d['mean_diff']:+.{decimals}f}{se}"
+
+    cells = []
+    for p in paired:
+        row = [p["a"], p["b"], diff(p["psnr_db"], 2), f"{p['psnr_db']['a_higher']}/{p['psnr_db']['n']}",
+               diff(p["ssim"], 3), f"{p['ssim']['a_higher']}/{p['ssim']['n']}"]
+        if with_score:
+            row.append(diff(p["score"], 3))
+        cells.append(row)
+    return head, cells
+
+
 def compare_markdown(report) -> str:
     d = report.to_dict()
     parts = ["# stepvar compare", "", "Every method ran with the same prompts and seed; fidelity is measured "
@@ -210,6 +233,11 @@ def compare_markdown(report) -> str:
     if d["summary"]:
         parts += ["## Summary (mean ± std over prompts)", "", markdown_table(*summary_table_rows(d["summary"])), "",
                   "PSNR means are over the non-identical images; identical images (PSNR = inf) are counted apart.", ""]
+    if d["paired"]:
+        parts += ["## Paired (same prompts and seed, configurations at the same keep ratio)", "",
+                  markdown_table(*paired_table_rows(d["paired"])), "",
+                  "Mean of the per-prompt difference A − B ± its standard error; *A higher* counts the prompts "
+                  "where A's value is higher, over those where both are finite.", ""]
     parts += ["## Per image", "", markdown_table(*compare_table_rows(d["results"])), "",
               "*token agr.* is the fraction of equal bits, averaged over the scales the method prunes "
               "(per-scale values in report.json). PSNR/SSIM (scikit-image) are on the uint8 RGB images.", "",

@@ -190,7 +190,7 @@ def compare(
     from stepvar.compare import run_compare
     from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
-    from stepvar.report_md import compare_compact_rows, summary_table_rows
+    from stepvar.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
 
     def body():
         prompts = _read_prompts(prompt, prompts_file)
@@ -216,6 +216,9 @@ def compare(
                                  title=f"stepvar compare: fidelity to dense, seed {seed}, {schedule.describe()}"))
             if len(prompts) > 1:
                 cli.out.print(_table(*summary_table_rows(data["summary"]), title=f"mean ± std over {len(prompts)} prompts"))
+                if data["paired"]:
+                    cli.out.print(_table(*paired_table_rows(data["paired"]),
+                                         title="paired over the same prompts: A − B ± standard error"))
             cli.out.print(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image", highlight=False)
         if report.failures:
             raise typer.Exit(cli.EXIT_CHECK_FAILED)

@@ -232,10 +232,17 @@ def test_compare_prompt_file_mean_and_std(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# a comment\na red circle\n\na blue square\n")
     out = tmp_path / "out"
-    r = run("compare", *TINY, "--prompts", prompts, "--methods", "stepvar", "--warmup", 0, "--out", out)
+    r = run("compare", *TINY, "--prompts", prompts, "--methods", "stepvar,random", "--warmup", 0, "--out", out)
     assert r.exit_code == 0, r.output
     data = json.loads((out / "report.json").read_text())
-    assert len(data["results"]) == 4
+    assert len(data["results"]) == 6
+    # the paired table: stepvar@0.4 vs random@0.4 on the same two prompts, recomputed from the rows
+    (pair,) = data["paired"]
+    psnr = {(x["label"], x["prompt_index"]): x["psnr_db"] for x in data["results"]}
+    diffs = [psnr["stepvar@0.4", i] - psnr["random@0.4", i] for i in (0, 1)]
+    assert (pair["a"], pair["b"], pair["psnr_db"]["n"]) == ("stepvar@0.4", "random@0.4", 2)
+    assert pair["psnr_db"]["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    assert "Paired" in (out / "report.md").read_text() and "paired over the same prompts" in r.stdout
     summary = {s["label"]: s for s in data["summary"]}
     assert summary["dense"]["psnr_db"]["n_identical"] == 2 and summary["dense"]["ssim"]["mean"] == pytest.approx(1.0)
     s = summary["stepvar@0.4"]
@@ -293,3 +300,26 @@ def test_paired_fidelity_of_identical_runs(tiny_pipe):
     f = paired_fidelity(a, a, [4, 5, 6])
     assert f["psnr_db"] == math.inf and f["identical"] and f["ssim"] == pytest.approx(1.0)
     assert f["token_agreement_pruned"] == 1.0 and f["latent_cosine"] == pytest.approx(1.0)
+
+
+def test_paired_difference_brute_force():
+    from stepvar.paired import paired_comparisons, paired_difference
+
+    def row(label, i, psnr, keep=0.4, status="ok", method="m"):
+        return {"label": label, "prompt_index": i, "psnr_db": psnr, "ssim": None, "score": None, "keep": keep,
+                "status": status, "method": method}
+
+    rows = [row("a", 0, 20.0), row("b", 0, 18.0), row("a", 1, 21.0), row("b", 1, 22.0),
+            row("a", 2, None), row("b", 2, 15.0),              # identical to dense: infinite PSNR, drops out
+            row("a", 3, 30.0), row("b", 3, 10.0, status="failed: x"),  # b failed: drops out
+            row("a", 4, 25.0),                                  # b never ran it
+            row("c", 0, 5.0, keep=0.5), row("dense", 0, None, keep=None, method="dense")]
+    d = paired_difference(rows, "a", "b", "psnr_db")
+    diffs = [2.0, -1.0]
+    mean = sum(diffs) / 2
+    se = (sum((x - mean) ** 2 for x in diffs) / 1) ** 0.5 / 2 ** 0.5
+    assert d == {"mean_diff": pytest.approx(mean), "se": pytest.approx(se), "a_higher": 1, "b_higher": 1, "n": 2}
+    assert paired_difference(rows, "a", "b", "ssim") == {"mean_diff": None, "se": None, "a_higher": 0,
+                                                         "b_higher": 0, "n": 0}
+    pairs = paired_comparisons(rows, ["dense", "a", "b", "c"])  # c has another keep, dense is the reference
+    assert [(p["a"], p["b"], p["keep"]) for p in pairs] == [("a", "b", 0.4)]
