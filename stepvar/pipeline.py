@@ -133,10 +133,12 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
     if preset.embedded:
-        if weights is not None or vae is not None or text_encoder is not None:
-            raise StepvarError(f"{preset.name} ships its weights inside the package; --weights/--vae/--text-encoder do not apply")
-        net, ae, enc, meta = load_embedded_preset(preset)
-        sources["weights"] = f"embedded ({embedded_dir(preset).name}, {meta['trained_steps']} training steps)"
+        if vae is not None or text_encoder is not None:
+            raise StepvarError(f"{preset.name} ships its weights inside the package; --vae/--text-encoder do not apply "
+                               "(--weights may name another export of it)")
+        net, ae, enc, meta = load_embedded_preset(preset, weights)
+        where = "embedded" if weights is None else f"export {weights}"
+        sources["weights"] = f"{where} ({embedded_dir(preset).name}, {meta['trained_steps']} training steps)"
         trained = True
     elif weights is None:
         if vae is not None:
@@ -180,30 +182,35 @@ def embedded_dir(preset: ModelPreset) -> Path:
     return ASSETS / preset.name
 
 
-def embedded_meta(preset: ModelPreset) -> dict:
+def embedded_meta(preset: ModelPreset, directory: str | Path | None = None) -> dict:
     import json
 
-    path = embedded_dir(preset) / "model.json"
+    path = Path(directory or embedded_dir(preset)) / "model.json"
     try:
         return json.loads(path.read_text())
     except OSError:
+        if directory is not None:
+            raise StepvarError(f"{directory}: not an export of {preset.name} (no model.json; "
+                               "make one with `stepvar train export`)") from None
         raise StepvarError(f"{preset.name}: its embedded weights are missing ({path}); reinstall stepvar") from None
 
 
-def load_embedded_preset(preset: ModelPreset):
-    """(Infinity, BSQVAE, text encoder, model.json) from the package's assets; the preset's arch must match."""
+def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = None):
+    """(Infinity, BSQVAE, text encoder, model.json) from the package's assets, or from another export
+    of the same model (`directory`, e.g. a continued training run); the preset's arch must match."""
     from dataclasses import asdict
 
     from .training.train_gpt import load_embedded
 
-    meta = embedded_meta(preset)
+    meta = embedded_meta(preset, directory)
     shipped = {k: v for k, v in meta["arch"].items() if k not in ("name", "description")}
     declared = {k: v for k, v in asdict(preset.arch).items() if k in shipped}
     declared = {k: list(v) if isinstance(v, tuple) else v for k, v in declared.items()}
     diff = sorted(k for k in shipped if declared.get(k) != shipped[k])
     if diff:
-        raise StepvarError(f"{preset.name}: preset and embedded weights disagree on {', '.join(diff)}")
-    return (*load_embedded(embedded_dir(preset)), meta)
+        where = "embedded weights" if directory is None else f"the export in {directory}"
+        raise StepvarError(f"{preset.name}: preset and {where} disagree on {', '.join(diff)}")
+    return (*load_embedded(directory or embedded_dir(preset)), meta)
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

@@ -196,7 +196,7 @@ def sample(
             bits_all.append(None)
             hidden_all.append(None)
         else:
-            run = ScaleRun(model, cond, model.add_level(x_BLC, si), si, scale,
+            run = ScaleRun(model, cond, model.add_level(x_BLC, si, (scale.h, scale.w)), si, scale,
                            schedule.positions(si).to(device), caches, counter, cfg_pairs=use_cfg)
             h_BLC = pruner.run_scale(run)
             logits = model.logits(h_BLC, cond.cond_BD) / taus[si]

@@ -28,7 +28,7 @@ EXIT_BAD_INPUT, EXIT_CHECK_FAILED = 2, 3
 
 # ---- shared options (declared once, reused by every command) ---------------------------
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset (see `stepvar models`).", envvar="STEPVAR_MODEL")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Local transformer weights (.pth, .safetensors or a sharded directory).")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Local transformer weights (.pth, .safetensors or a sharded directory); for toy, another export directory of it.")]
 VaeOpt = Annotated[Optional[Path], typer.Option(help="Local VAE weights (.pth with a 'vae' key).")]
 TextEncOpt = Annotated[Optional[Path], typer.Option("--text-encoder", help="Local flan-t5-xl directory (needs stepvar\\[t5]).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.", envvar="STEPVAR_DEVICE")]

@@ -158,6 +158,7 @@ def eval_cmd(
     prompts: Annotated[Optional[Path], typer.Option(help="Prompt file, one per line (default: the held-out set).")] = None,
     samples: Annotated[int, typer.Option(help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Another export of the model (`stepvar train export`), e.g. a continued run.")] = None,
     method: Annotated[str, typer.Option(help="Pruning method.")] = "dense",
     keep: Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales.")] = None,
     seed: Annotated[int, typer.Option(help="First sampler seed.")] = 0,
@@ -185,7 +186,7 @@ def eval_cmd(
                 raise StepvarError(f"--samples must be >= 1, got {samples}")
             prompt_list = load_prompts(prompts)
             pruner = _pruner(method, keep, None, None)
-            pipe = load_pipeline(model, device=device)
+            pipe = load_pipeline(model, weights, device=device)
             status = pipe.status
             if not pipe.trained:
                 err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")

@@ -40,6 +40,20 @@ def test_loads_trained_from_the_package(toy_pipe):
     assert toy_pipe.schedule().pixel_size == (256, 256)
 
 
+def test_another_export_of_the_model_loads_with_weights(tmp_path):
+    import shutil
+
+    from stepvar.errors import StepvarError
+
+    copy = shutil.copytree(embedded_dir(PRESET), tmp_path / "export")
+    pipe = load_pipeline("toy", weights=copy, device="cpu")
+    assert pipe.trained and pipe.sources["weights"].startswith(f"export {copy}")
+    with pytest.raises(StepvarError, match="no model.json"):
+        load_pipeline("toy", weights=tmp_path, device="cpu")
+    with pytest.raises(StepvarError, match="do not apply"):
+        load_pipeline("toy", vae=copy, device="cpu")
+
+
 def test_generation_is_deterministic(toy_pipe):
     prompts = ["two blue circles"]
     a = toy_pipe.generate(prompts, sampling=SamplingConfig(seed=5)).images

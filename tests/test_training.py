@@ -72,9 +72,12 @@ def test_multiscale_targets_without_flips_equal_multiscale_encode():
     assert any(not torch.allclose(a, b) for a, b in zip(ref.next_inputs, noisy.next_inputs))
 
 
-def test_teacher_forced_logits_equal_cached_inference():
+@pytest.mark.parametrize("abs_pos_grid", [0, 16])
+def test_teacher_forced_logits_equal_cached_inference(abs_pos_grid):
     torch.manual_seed(0)
-    model = Infinity(tiny_arch()).eval()
+    model = Infinity(InfinityConfig(**{**tiny_arch().__dict__, "abs_pos_grid": abs_pos_grid})).eval()
+    if abs_pos_grid:
+        torch.nn.init.normal_(model.abs_pos, std=0.5)  # non-zero, so both paths must add the same table
     sch = get_schedule("0.06M")
     B, T = 2, 5
     text, mask = torch.randn(B, T, 32), torch.ones(B, T, dtype=torch.bool)
@@ -90,7 +93,7 @@ def test_teacher_forced_logits_equal_cached_inference():
         caches = [KVCache() for _ in model.blocks]
         for si, scale in enumerate(sch.scales):
             b, e = sch.offsets[si]
-            run = ScaleRun(model, cond, model.add_level(x_all[:, b:e], si), si, scale, sch.positions(si),
+            run = ScaleRun(model, cond, model.add_level(x_all[:, b:e], si, (scale.h, scale.w)), si, scale, sch.positions(si),
                            caches, TokenCounter())
             logits = model.logits(run_dense_stack(run), cond.cond_BD)
             torch.testing.assert_close(logits_tf[:, b:e], logits, rtol=1e-5, atol=1e-5)
@@ -270,3 +273,19 @@ def test_transformer_continues_from_an_export(tmp_path):
     with pytest.raises(ConfigError, match="do not fit"):
         GPTJob(tiny_gpt_cfg(init_from=str(out), arch=InfinityConfig(**{**tiny_arch().__dict__, "depth": 4, "block_chunks": 1})),
                tiny_vae())
+    # weights from before the position table: it starts at zero, everything else is loaded
+    with_table = GPTJob(tiny_gpt_cfg(init_from=str(out), arch=InfinityConfig(**{**tiny_arch().__dict__, "abs_pos_grid": 4})),
+                        tiny_vae())
+    assert not with_table.model.abs_pos.any()
+    assert all(torch.equal(with_table.model.state_dict()[k], v) for k, v in shipped.state_dict().items())
+
+
+def test_position_table_is_pooled_to_each_grid():
+    model = Infinity(InfinityConfig(**{**tiny_arch().__dict__, "abs_pos_grid": 4}))
+    torch.nn.init.normal_(model.abs_pos)
+    table = model.abs_pos[0].detach()  # (C, 4, 4)
+    two = model.position_table(2, 2).detach()  # row-major (h*w, C), like the token order
+    assert torch.allclose(two[1], table[:, 0:2, 2:4].mean(dim=(1, 2)), atol=1e-6)  # top-right 2x2 block
+    assert torch.allclose(model.position_table(1, 1)[0].detach(), table.mean(dim=(1, 2)), atol=1e-6)
+    assert torch.equal(model.position_table(4, 4).detach(), table.flatten(1).T)
+    assert model.position_table(8, 6).shape == (48, table.shape[0])  # above the table's size: resized

@@ -35,6 +35,11 @@ class InfinityConfig:
     vae: str = "d32"  # name of the paired VAE preset (stepvar.models.bsq_vae.VAE_PRESETS)
     patchify: bool = False  # 8B: tokens are 2x2 pixel-unshuffled VAE latents
     default_budget: str = "1M"  # the resolution the released weights were trained for
+    # Not in any released model (0 = off, the official layout): a learned G x G position table,
+    # average-pooled to each scale's grid and added with the level embedding. RoPE alone gives
+    # coarse scales only relative positions, and at 2x2 every input token is the same upsampled
+    # 1x1 code, so a small model learns "left/right/above/below" slowly; the toy model uses it.
+    abs_pos_grid: int = 0
     description: str = ""
 
     def __post_init__(self) -> None:

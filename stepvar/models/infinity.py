@@ -101,6 +101,8 @@ class Infinity(nn.Module):
         self.text_proj_for_ca = nn.Sequential(nn.Linear(Ct, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
         self.pos_start = nn.Parameter(torch.randn(1, 1, C) * 0.02)
         self.lvl_embed = nn.Embedding(cfg.num_levels, C)
+        if cfg.abs_pos_grid:  # zero at init: adding it to a trained model changes nothing until it learns
+            self.abs_pos = nn.Parameter(torch.zeros(1, C, cfg.abs_pos_grid, cfg.abs_pos_grid))
         self.word_embed = nn.Linear(cfg.bits, C)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
         self.head_nm = AdaLNBeforeHead(C, D)
@@ -166,8 +168,21 @@ class Infinity(nn.Module):
     def embed_tokens(self, codes_BLd: torch.Tensor) -> torch.Tensor:
         return self.word_embed(codes_BLd.float())
 
-    def add_level(self, x_BLC: torch.Tensor, si: int) -> torch.Tensor:
-        return x_BLC + self.lvl_embed.weight[si].float()
+    def add_level(self, x_BLC: torch.Tensor, si: int, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Level embedding of scale si, plus the position table on its (h, w) grid where the model has one."""
+        x_BLC = x_BLC + self.lvl_embed.weight[si].float()
+        if self.cfg.abs_pos_grid:
+            x_BLC = x_BLC + self.position_table(*hw)
+        return x_BLC
+
+    def position_table(self, h: int, w: int) -> torch.Tensor:
+        """(h*w, C) fp32: abs_pos average-pooled (or, above its size, bilinearly resized) to h x w."""
+        table = self.abs_pos.float()
+        if h <= table.shape[-2] and w <= table.shape[-1]:
+            table = F.adaptive_avg_pool2d(table, (h, w))
+        else:
+            table = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
+        return table[0].flatten(1).transpose(0, 1)
 
     def logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """Bit logits (B, L, 2d) in fp32; the head condition is the pooled text, not gss."""

@@ -123,7 +123,7 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 
 
 # Parameters that are embeddings, gains or per-head scales: weight decay would only shrink them.
-_NO_DECAY_NAMES = ("cfg_uncond", "pos_start", "pos_embed", "lvl_embed", "tok_embed", "ada_gss", "scale_mul", "mat_q")
+_NO_DECAY_NAMES = ("cfg_uncond", "pos_start", "pos_embed", "abs_pos", "lvl_embed", "tok_embed", "ada_gss", "scale_mul", "mat_q")
 
 
 def make_optimizer(named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:

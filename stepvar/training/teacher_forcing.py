@@ -134,8 +134,10 @@ def forward_teacher_forced(model: Infinity, cond: Conditioning, x_inputs_BLC: to
         raise ConfigError(f"teacher forcing expects {Lt} input tokens ({schedule.describe()}), "
                           f"got {x_inputs_BLC.shape[1]}")
     device = x_inputs_BLC.device
-    # Level embedding once, before block 0 (spec §5.7), exactly as model.add_level does per scale.
+    # Level embedding (and position table) once, before block 0 (spec §5.7), exactly as model.add_level does per scale.
     x = x_inputs_BLC.float() + model.lvl_embed.weight.float()[scale_ids(schedule, device)]
+    if model.cfg.abs_pos_grid:
+        x = x + torch.cat([model.position_table(s.h, s.w) for s in schedule.scales])
     cos, sin = model.rope.gather(schedule_positions(schedule, device))
     mask = block_causal_mask(schedule, device)[None, None]  # (1, 1, Lt, Lt)
     for layer, blk in enumerate(model.blocks):

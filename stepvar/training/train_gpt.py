@@ -194,7 +194,11 @@ class GPTJob(Job):
             ckpt = read_training_checkpoint(p, "transformer", "init_from")
             states = ckpt["modules"]["transformer"], ckpt["modules"]["text_encoder"]
         try:
-            self.model.load_state_dict(states[0])
+            # Weights from before the position table existed: it starts at zero, i.e. the same function.
+            result = self.model.load_state_dict(states[0], strict=False)
+            bad = sorted(set(result.missing_keys) - {"abs_pos"}) + sorted(result.unexpected_keys)
+            if bad:
+                raise RuntimeError(f"missing or unexpected keys: {', '.join(bad[:5])}")
             self.text_encoder.load_state_dict(states[1])
         except RuntimeError as exc:
             raise ConfigError(f"init_from {p}: weights do not fit this architecture ({str(exc).splitlines()[0]})") from None
