@@ -289,3 +289,16 @@ def test_position_table_is_pooled_to_each_grid():
     assert torch.allclose(model.position_table(1, 1)[0].detach(), table.mean(dim=(1, 2)), atol=1e-6)
     assert torch.equal(model.position_table(4, 4).detach(), table.flatten(1).T)
     assert model.position_table(8, 6).shape == (48, table.shape[0])  # above the table's size: resized
+
+
+def test_position_table_learns_at_a_multiple_of_the_lr():
+    from stepvar.training.common import FAST_LR_SCALE, clip_and_step, make_optimizer
+
+    model = Infinity(InfinityConfig(**{**tiny_arch().__dict__, "abs_pos_grid": 4}))
+    opt = make_optimizer(model.named_parameters(), OptimConfig(lr=1e-3))
+    (fast,) = [g for g in opt.param_groups if g.get("lr_scale")]
+    assert fast["params"] == [model.abs_pos] and fast["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    clip_and_step(opt, list(model.parameters()), 2e-3, 1.0)
+    assert fast["lr"] == pytest.approx(2e-3 * FAST_LR_SCALE)
+    assert all(g["lr"] == 2e-3 for g in opt.param_groups if g is not fast)

@@ -126,22 +126,33 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 _NO_DECAY_NAMES = ("cfg_uncond", "pos_start", "pos_embed", "abs_pos", "lvl_embed", "tok_embed", "ada_gss", "scale_mul", "mat_q")
 
 
+# Parameters added at zero to an already trained model (the position table): they learn at this
+# multiple of the LR so they catch up within a continuation run rather than staying near zero.
+_FAST_NAMES = ("abs_pos",)
+FAST_LR_SCALE = 10.0
+
+
 def make_optimizer(named: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW with decay on matrices only (not biases, norms, embeddings, learned queries)."""
-    decay, no_decay = [], []
+    decay, no_decay, fast = [], [], []
     for name, p in named:
         if not p.requires_grad:
+            continue
+        if any(n in name for n in _FAST_NAMES):
+            fast.append(p)
             continue
         is_matrix = p.ndim >= 2 and not any(n in name for n in _NO_DECAY_NAMES)
         (decay if is_matrix else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if fast:
+        groups.append({"params": fast, "weight_decay": 0.0, "lr_scale": FAST_LR_SCALE})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lr: float, clip: float) -> float:
     """Set the LR, clip the global grad norm, step, zero grads; returns the pre-clip norm."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
