@@ -82,6 +82,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                   prefix_batch: Annotated[int, typer.Option(help="Extra rows per update trained on the first --prefix-scales scales only (cheap layout signal).")] = 0,
                   prefix_scales: Annotated[int, typer.Option(help="Scales the prefix rows run.")] = 5,
                   latents: Annotated[Optional[Path], typer.Option(help="Train on this pre-encoded scene pool (`stepvar train latents`) instead of rendering and encoding fresh scenes every step.")] = None,
+                  form_weights: Annotated[Optional[str], typer.Option(help="With --latents: shares of the prompt forms single,count,relation, e.g. 0.15,0.3,0.55 (default: the pool's, a third each).")] = None,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy transformer and its grammar text encoder against a frozen VAE."""
@@ -93,13 +94,23 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
         cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction,
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
-                             latents=None if latents is None else str(latents))
+                             latents=None if latents is None else str(latents),
+                             form_weights=None if form_weights is None else _floats(form_weights, "--form-weights"))
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
         out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
 
     run_guarded(body)
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    from stepvar.errors import StepvarError
+
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise StepvarError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
 def _every(k_step: int, fn):

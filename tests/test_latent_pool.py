@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from stepvar.errors import CheckpointError, ConfigError
+from stepvar.models.config import load_model_preset
 from stepvar.pipeline import embedded_dir
 from stepvar.training import train_transformer, train_vae
 from stepvar.training.data import sample_pairs, to_model_images
@@ -80,6 +81,18 @@ def test_train_latents_cli(tmp_path):
                                  "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["scenes"] == 2 and len(load_latent_pool(out)) == 2
-    missing = CliRunner().invoke(app, ["train", "gpt", "--vae", str(embedded_dir("toy")), "--out", str(tmp_path / "g"),
+    missing = CliRunner().invoke(app, ["train", "gpt", "--vae", str(embedded_dir(load_model_preset("toy"))), "--out", str(tmp_path / "g"),
                                        "--latents", str(tmp_path / "nope.safetensors"), "--steps", "1", "--device", "cpu"])
     assert missing.exit_code == 2 and "no such latent pool" in missing.output
+
+
+def test_form_weights_choose_the_prompt_forms(pool_file):
+    from stepvar.toy.grammar import parse
+
+    job = GPTJob(tiny_gpt_cfg(latents=str(pool_file), form_weights=(0, 0, 1), batch_size=6), tiny_vae())
+    rows = job._pool_rows(6)
+    assert all(parse(job.pool.prompts[i]).form == "relation" for i in rows)
+    with pytest.raises(ConfigError, match="three non-negative"):
+        tiny_gpt_cfg(latents=str(pool_file), form_weights=(1, -1, 1))
+    with pytest.raises(ConfigError, match="latent pool"):
+        tiny_gpt_cfg(form_weights=(1, 1, 1))

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +72,9 @@ class GPTTrainConfig(RunSettings):
     prefix_scales: int = 5
     init_from: str | None = None       # start from these weights: an export directory or a transformer checkpoint
     latents: str | None = None         # train on this pre-encoded scene pool (latent_pool.py) instead of fresh scenes
+    # With a pool: draw rows so the prompt forms (single, count, relation) have these shares, not the pool's
+    # (a third each); relation prompts are the most numerous and the hardest. None = uniform over rows.
+    form_weights: tuple[float, float, float] | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
 
@@ -88,6 +92,12 @@ class GPTTrainConfig(RunSettings):
             raise ConfigError(f"arch.text_channels {a.text_channels} != text.channels {self.text.channels}")
         if a.text_maxlen < MAX_TOKENS:
             raise ConfigError(f"arch.text_maxlen {a.text_maxlen} < the grammar's MAX_TOKENS {MAX_TOKENS}")
+        if self.form_weights is not None:
+            self.form_weights = tuple(float(w) for w in self.form_weights)
+            if len(self.form_weights) != 3 or min(self.form_weights) < 0 or sum(self.form_weights) <= 0:
+                raise ConfigError("form_weights must be three non-negative shares (single, count, relation), not all 0")
+            if self.latents is None:
+                raise ConfigError("form_weights applies to a latent pool (--latents)")
         if self.prefix_batch < 0 or self.prefix_scales < 1:
             raise ConfigError("prefix_batch must be >= 0 and prefix_scales >= 1")
         if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.self_correction < 0.5:
@@ -173,6 +183,14 @@ class GPTJob(Job):
         if len(self.schedule) > cfg.arch.num_levels:
             raise ConfigError(f"budget {cfg.budget} has {len(self.schedule)} scales > arch.num_levels {cfg.arch.num_levels}")
         self.pool = None if cfg.latents is None else self._load_pool(cfg.latents)
+        self.pool_rows_by_form = None
+        if self.pool is not None and cfg.form_weights is not None:
+            from ..toy.grammar import FORMS, parse
+
+            forms = [parse(p).form for p in self.pool.prompts]
+            self.pool_rows_by_form = [np.array([i for i, f in enumerate(forms) if f == name]) for name in FORMS]
+            if any(len(rows) == 0 and w > 0 for rows, w in zip(self.pool_rows_by_form, cfg.form_weights)):
+                raise ConfigError(f"latent pool {cfg.latents} has no prompt of a form that form_weights asks for")
 
     def _load_pool(self, path: str) -> LatentPool:
         pool = load_latent_pool(path, self.vae)
@@ -207,7 +225,7 @@ class GPTJob(Job):
     def next_batch(self) -> GPTBatch:
         B = self.cfg.batch_size + self.cfg.prefix_batch
         if self.pool is not None:  # rows drawn with replacement: the data RNG state alone makes it resumable
-            idx = self.rngs.data.integers(0, len(self.pool), B)
+            idx = self._pool_rows(B)
             prompts = [self.pool.prompts[i] for i in idx]
             z = self.pool.z[torch.from_numpy(idx)].to(self.device)
         else:
@@ -220,6 +238,14 @@ class GPTJob(Job):
         ids = ToyTextEncoder.tokenize(prompts)
         return GPTBatch(ids.to(self.device), targets.bits, targets.next_inputs, drop.to(self.device),
                         self.cfg.batch_size, min(self.cfg.prefix_scales, len(self.schedule)))
+
+    def _pool_rows(self, n: int) -> np.ndarray:
+        rng = self.rngs.data
+        if self.pool_rows_by_form is None:
+            return rng.integers(0, len(self.pool), n)
+        w = np.array(self.cfg.form_weights)
+        forms = rng.choice(3, size=n, p=w / w.sum())
+        return np.array([rows[rng.integers(len(rows))] for rows in (self.pool_rows_by_form[f] for f in forms)])
 
     def update(self, batch: GPTBatch, step: int) -> dict[str, float]:
         loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp)
