@@ -18,7 +18,7 @@ from . import __version__
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, StepvarError
 from .models.bsq_vae import VAE_PRESETS, BSQVAE
-from .models.config import ModelPreset, load_model_preset
+from .models.config import InfinityConfig, ModelPreset, load_model_preset
 from .models.infinity import Infinity
 from .pruning.base import Dense, Pruner
 from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint8
@@ -203,10 +203,9 @@ def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = Non
     from .training.train_gpt import load_embedded
 
     meta = embedded_meta(preset, directory)
-    shipped = {k: v for k, v in meta["arch"].items() if k not in ("name", "description")}
-    declared = {k: v for k, v in asdict(preset.arch).items() if k in shipped}
-    declared = {k: list(v) if isinstance(v, tuple) else v for k, v in declared.items()}
-    diff = sorted(k for k in shipped if declared.get(k) != shipped[k])
+    # A field the export's model.json predates counts at its default (e.g. abs_pos_grid 0).
+    shipped, declared = asdict(InfinityConfig(**meta["arch"])), asdict(preset.arch)
+    diff = sorted(k for k in declared if k not in ("name", "description") and declared[k] != shipped[k])
     if diff:
         where = "embedded weights" if directory is None else f"the export in {directory}"
         raise StepvarError(f"{preset.name}: preset and {where} disagree on {', '.join(diff)}")
