@@ -273,6 +273,13 @@ def test_transformer_continues_from_an_export(tmp_path):
     with pytest.raises(ConfigError, match="do not fit"):
         GPTJob(tiny_gpt_cfg(init_from=str(out), arch=InfinityConfig(**{**tiny_arch().__dict__, "depth": 4, "block_chunks": 1})),
                tiny_vae())
+    # the export counts every update the weights have had, through a chain of continuations
+    assert job.prior_steps == 1
+    train_transformer(tiny_gpt_cfg(init_from=str(out)), tmp_path / "more", steps=2, vae=load_embedded(out)[1])
+    train_transformer(tiny_gpt_cfg(init_from=str(tmp_path / "more")), tmp_path / "again", steps=1,
+                      vae=load_embedded(out)[1])
+    meta = json.loads((export_embedded(tmp_path / "again", tmp_path / "export2") / "model.json").read_text())
+    assert (meta["trained_steps"], meta["run_steps"]) == (1 + 2 + 1, 1)
     # weights from before the position table: it starts at zero, everything else is loaded
     with_table = GPTJob(tiny_gpt_cfg(init_from=str(out), arch=InfinityConfig(**{**tiny_arch().__dict__, "abs_pos_grid": 4})),
                         tiny_vae())

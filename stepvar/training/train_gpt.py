@@ -171,6 +171,7 @@ class GPTJob(Job):
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
         self.model = Infinity(cfg.arch).to(self.device).train()
         self.text_encoder = ToyTextEncoder(cfg.text).to(self.device).train()
+        self.prior_steps = 0
         if cfg.init_from is not None:
             self._init_weights(cfg.init_from)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
@@ -200,7 +201,10 @@ class GPTJob(Job):
         return pool
 
     def config_dict(self) -> dict:
-        return {**asdict(self.cfg), "vae": asdict(self.vae.cfg)}
+        # prior_steps: updates the init_from weights had already had, so an export counts them all
+        # (absent for a fresh run, so checkpoints written before it existed still resume).
+        prior = {"prior_steps": self.prior_steps} if self.prior_steps else {}
+        return {**asdict(self.cfg), "vae": asdict(self.vae.cfg), **prior}
 
     def _init_weights(self, source: str) -> None:
         """Continue from shipped (fp16, upcast) or checkpointed weights with a fresh optimiser."""
@@ -208,9 +212,11 @@ class GPTJob(Job):
         if (p / "model.json").is_file():
             model, _, text = load_embedded(p)
             states = model.state_dict(), text.state_dict()
+            self.prior_steps = int(json.loads((p / "model.json").read_text())["trained_steps"])
         else:
             ckpt = read_training_checkpoint(p, "transformer", "init_from")
             states = ckpt["modules"]["transformer"], ckpt["modules"]["text_encoder"]
+            self.prior_steps = ckpt["step"] + ckpt["config"].get("prior_steps", 0)
         try:
             # Weights from before the position table existed: it starts at zero, i.e. the same function.
             result = self.model.load_state_dict(states[0], strict=False)
@@ -308,7 +314,7 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         save_checkpoint(sd, out / fname, "safetensors")
     cfg = ckpt["config"]
     meta = {"arch": cfg["arch"], "vae": cfg["vae"], "text": cfg["text"], "budget": cfg["budget"],
-            "trained_steps": ckpt["step"], "seed": cfg["seed"], "stepvar_version": ckpt["stepvar_version"],
+            "trained_steps": ckpt["step"] + cfg.get("prior_steps", 0), "run_steps": ckpt["step"], "seed": cfg["seed"], "stepvar_version": ckpt["stepvar_version"],
             "dtype": str(dtype).replace("torch.", ""), "files": EXPORT_FILES}
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
