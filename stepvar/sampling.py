@@ -153,8 +153,14 @@ def sample(
     pruner: Pruner | None = None,
     on_scale: Callable[[int, int], None] | None = None,
     keep_hidden: bool = False,
+    forced_bits: Sequence[torch.Tensor] | None = None,
 ) -> SampleOutput:
-    """Generate accumulated latent codes for a batch of already-encoded prompts."""
+    """Generate accumulated latent codes for a batch of already-encoded prompts.
+
+    forced_bits: (B, h, w, d) bits for the first len(forced_bits) scales, used instead of sampled
+    ones (the model still runs those scales, so its caches hold them): a diagnostic that asks what
+    the later scales make of given early ones, e.g. a real scene's.
+    """
     # 1. check inputs
     pruner = pruner or Dense()
     n = len(schedule)
@@ -203,6 +209,8 @@ def sample(
             if use_cfg:
                 logits = cfgs[si] * logits[:B] + (1 - cfgs[si]) * logits[B:]
             bits = sample_bits(logits, sampling.top_p, generators).view(B, scale.h, scale.w, -1)
+            if forced_bits is not None and si < len(forced_bits):
+                bits = forced_bits[si].to(bits)
             bits_all.append(bits)
             hidden_all.append(h_BLC[:B].detach() if keep_hidden else None)
             codes = codec.bits_to_latent(bits)
