@@ -17,9 +17,8 @@ import json
 import numpy as np
 import torch
 
-from stepvar.models.config import load_model_preset
 from stepvar.pipeline import load_pipeline
-from stepvar.sampling import SamplingConfig, sample, to_uint8
+from stepvar.sampling import SamplingConfig
 from stepvar.toy.evaluator import load_prompts, score
 from stepvar.toy.grammar import parse
 from stepvar.toy.world import render, sample_scene_for_prompt
@@ -40,15 +39,12 @@ def main() -> None:
     with torch.no_grad():
         z = pipe.vae.encode(to_model_images(scenes, "cpu"))
         bits = multiscale_targets(z, [(s.h, s.w) for s in schedule.scales]).bits
-        text, mask = pipe.text_encoder.encode(prompts, "cpu")
-        sampling = SamplingConfig.for_model(pipe.preset.sampling, seed=args.seed)
-        out = {}
-        for k in (int(x) for x in args.k.split(",")):
-            res = sample(pipe.model, text, mask, schedule, pipe.codec, sampling, forced_bits=bits[:k])
-            images = to_uint8(pipe.vae.decode(res.latent_BdHW)).numpy()
-            verdicts = [score(im, p) for im, p in zip(images, prompts)]
-            out[k] = {c: float(np.mean([v[c] for v in verdicts])) for c in ("overall", "two_object", "colors", "position")}
-            print(json.dumps({"forced_scales": k, "prompts": len(prompts), **out[k]}), flush=True)
+    sampling = SamplingConfig.for_model(pipe.preset.sampling, seed=args.seed)
+    for k in (int(x) for x in args.k.split(",")):
+        images = pipe.generate(prompts, schedule, sampling=sampling, forced_bits=bits[:k]).images
+        verdicts = [score(im, p) for im, p in zip(images, prompts)]
+        means = {c: float(np.mean([v[c] for v in verdicts])) for c in ("overall", "two_object", "colors", "position")}
+        print(json.dumps({"forced_scales": k, "prompts": len(prompts), **means}), flush=True)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
                  sampling: SamplingConfig | None = None, on_scale=None, decode: bool = True,
-                 keep_hidden: bool = False) -> GenerationResult:
+                 keep_hidden: bool = False, forced_bits=None) -> GenerationResult:
+        """forced_bits: bits for the first scales instead of sampled ones (stepvar.sampling.sample)."""
         # 1. check inputs
         prompts = check_prompts([prompts] if isinstance(prompts, str) else list(prompts))
         schedule = schedule or self.schedule()
@@ -76,7 +77,7 @@ class Pipeline:
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
         # 3. sample latents
-        out = sample(self.model, text, mask, schedule, self.codec, sampling, pruner, on_scale, keep_hidden)
+        out = sample(self.model, text, mask, schedule, self.codec, sampling, pruner, on_scale, keep_hidden, forced_bits)
         t2 = time.perf_counter()
         # 4. decode
         if decode:

@@ -95,7 +95,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
                              latents=None if latents is None else str(latents),
-                             form_weights=None if form_weights is None else _floats(form_weights, "--form-weights"))
+                             form_weights=_form_weights(form_weights))
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
@@ -104,13 +104,11 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
     run_guarded(body)
 
 
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    from stepvar.errors import StepvarError
+def _form_weights(text: str | None) -> tuple[float, ...] | None:
+    from stepvar.options import parse_float_list
 
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise StepvarError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    value = parse_float_list(text, "form-weights")
+    return None if value is None else tuple(value if isinstance(value, list) else [value])
 
 
 def _every(k_step: int, fn):

@@ -220,12 +220,13 @@ class GPTJob(Job):
         try:
             # Weights from before the position table existed: it starts at zero, i.e. the same function.
             result = self.model.load_state_dict(states[0], strict=False)
-            bad = sorted(set(result.missing_keys) - {"abs_pos"}) + sorted(result.unexpected_keys)
-            if bad:
-                raise RuntimeError(f"missing or unexpected keys: {', '.join(bad[:5])}")
             self.text_encoder.load_state_dict(states[1])
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # mis-shaped tensors
             raise ConfigError(f"init_from {p}: weights do not fit this architecture ({str(exc).splitlines()[0]})") from None
+        bad = sorted(set(result.missing_keys) - {"abs_pos"}) + sorted(result.unexpected_keys)
+        if bad:
+            raise ConfigError(f"init_from {p}: weights do not fit this architecture (missing or unexpected keys: "
+                              f"{', '.join(bad[:5])})")
 
     @torch.no_grad()
     def next_batch(self) -> GPTBatch:
