@@ -17,7 +17,7 @@ import json
 import numpy as np
 import torch
 
-from stepvar.pipeline import load_pipeline
+from stepvar.pipeline import embedded_meta, load_pipeline
 from stepvar.sampling import SamplingConfig
 from stepvar.toy.evaluator import load_prompts, score
 from stepvar.toy.grammar import parse
@@ -30,11 +30,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--k", default="0,1,2,3")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", default=None, help="another export of the toy model (default: the shipped one)")
     args = ap.parse_args()
-    pipe = load_pipeline("toy", device="cpu")
+    pipe = load_pipeline("toy", args.weights, device="cpu")
+    # Real scenes drawn the way the model's training scenes were (model.json's layout; older exports: free).
+    layout = embedded_meta(pipe.preset, args.weights).get("layout", "free")
     prompts = [p for p in load_prompts(None) if parse(p).form == "relation"]
     rng = np.random.default_rng(args.seed)
-    scenes = np.stack([render(sample_scene_for_prompt(parse(p), rng), 256) for p in prompts])
+    scenes = np.stack([render(sample_scene_for_prompt(parse(p), rng, layout), 256) for p in prompts])
     schedule = pipe.schedule()
     with torch.no_grad():
         z = pipe.vae.encode(to_model_images(scenes, "cpu"))

@@ -17,6 +17,7 @@ Seed = Annotated[int, typer.Option(help="Seed for data, init and dropout: a run 
 Batch = Annotated[int, typer.Option(help="Images per update.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 CkptEvery = Annotated[int, typer.Option(help="Write the checkpoint every this many updates (and at the end).")]
+CpuBf16 = Annotated[bool, typer.Option("--cpu-bf16", help="bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); refused on other CPUs.")]
 LR = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the config's).")]
 Warmup = Annotated[Optional[int], typer.Option(help="Linear warm-up updates (default: the config's).")]
 Decay = Annotated[Optional[int], typer.Option("--decay-steps", help="Cosine horizon; default --steps, so the LR reaches its floor at the end.")]
@@ -57,14 +58,15 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
                   object_weight: Annotated[float, typer.Option(help="Extra reconstruction weight on object pixels (1 + this).")] = 0.0,
                   decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
-                  device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+                  device: Device = "auto", cpu_bf16: CpuBf16 = False,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy world's BSQ VAE on rendered scenes."""
     from stepvar.training.train_vae import VAETrainConfig, train_vae
 
     from .app import out, run_guarded
 
     def body():
-        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, ckpt_every=ckpt_every,
+        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
                              object_weight=object_weight)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
@@ -83,19 +85,21 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                   prefix_scales: Annotated[int, typer.Option(help="Scales the prefix rows run.")] = 5,
                   latents: Annotated[Optional[Path], typer.Option(help="Train on this pre-encoded scene pool (`stepvar train latents`) instead of rendering and encoding fresh scenes every step.")] = None,
                   form_weights: Annotated[Optional[str], typer.Option(help="With --latents: shares of the prompt forms single,count,relation, e.g. 0.15,0.3,0.55 (default: the pool's, a third each).")] = None,
+                  layout: Annotated[Optional[str], typer.Option(help="Object placement of the scenes: free or slots (default: the pool's, else free).")] = None,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
-                  device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+                  device: Device = "auto", cpu_bf16: CpuBf16 = False,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy transformer and its grammar text encoder against a frozen VAE."""
     from stepvar.training.train_gpt import GPTTrainConfig, train_transformer
 
     from .app import out, run_guarded
 
     def body():
-        cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, self_correction=self_correction,
+        cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, self_correction=self_correction,
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
                              latents=None if latents is None else str(latents),
-                             form_weights=_form_weights(form_weights))
+                             form_weights=_form_weights(form_weights), layout=layout)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
@@ -128,6 +132,7 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
                 vae: Annotated[Path, typer.Option(help="The frozen VAE the transformer will train against (as for `train gpt --vae`).")],
                 n: Annotated[int, typer.Option(help="Scenes in the pool.")] = 20000, seed: Seed = 1,
                 size: Annotated[int, typer.Option(help="Image side in pixels (the schedule's).")] = 256,
+                layout: Annotated[str, typer.Option(help="Object placement: free (anywhere) or slots (one jittered arrangement per prompt form).")] = "free",
                 device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Render and VAE-encode a pool of scenes once, for `train gpt --latents` (about twice the update rate on CPU)."""
     from stepvar.devices import resolve_device
@@ -138,12 +143,12 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
 
     def body():
         dev = resolve_device(device)
-        pool = build_latent_pool(_as_vae(vae).to(dev), n, seed, size, device=dev,
+        pool = build_latent_pool(_as_vae(vae).to(dev), n, seed, size, device=dev, layout=layout,
                                  on_progress=None if as_json else _every(2048, lambda k, total: out.print(f"encoded {k}/{total}")))
         save_latent_pool(pool, out_file)
         if as_json:
             out.print_json(data={"path": str(out_file), "scenes": len(pool), "seed": seed, "image_size": size,
-                                 "encoder_sha256": pool.encoder_sha256})
+                                 "layout": layout, "encoder_sha256": pool.encoder_sha256})
         else:
             out.print(f"{len(pool)} scenes -> {out_file}")
 

@@ -96,3 +96,17 @@ def test_form_weights_choose_the_prompt_forms(pool_file):
         tiny_gpt_cfg(latents=str(pool_file), form_weights=(1, -1, 1))
     with pytest.raises(ConfigError, match="latent pool"):
         tiny_gpt_cfg(form_weights=(1, 1, 1))
+
+
+def test_pool_records_its_layout_and_a_run_must_match(tmp_path):
+    path = tmp_path / "slots.safetensors"
+    save_latent_pool(build_latent_pool(tiny_vae(), 3, seed=4, layout="slots"), path)
+    pool = load_latent_pool(path)
+    prompts, images = sample_pairs(np.random.default_rng(4), 3, 256, "slots")
+    assert pool.layout == "slots" and pool.prompts == prompts
+    job = GPTJob(tiny_gpt_cfg(latents=str(path)), tiny_vae())
+    assert job.layout == "slots" and job.config_dict()["layout"] == "slots"
+    with pytest.raises(ConfigError, match="holds 'slots' scenes"):
+        GPTJob(tiny_gpt_cfg(latents=str(path), layout="free"), tiny_vae())
+    with pytest.raises(ConfigError, match="unknown layout"):
+        build_latent_pool(tiny_vae(), 1, layout="grid")

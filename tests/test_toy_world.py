@@ -144,6 +144,39 @@ def test_layout_respects_counts_relations_and_spacing():
             assert along > 0.15 and across <= along / 2
 
 
+def test_slot_layout_keeps_the_rules_and_one_arrangement_per_form():
+    """Slots: the same constraints as free placement, centres within the jitter of their slot."""
+    rng = np.random.default_rng(4)
+    for text in ["a red circle", "three blue squares", "four green triangles", "a red circle above a blue square",
+                 "a yellow triangle left of a green circle", "a blue square below a red triangle"]:
+        spec = grammar.parse(text)
+        for _ in range(5):
+            objs = world.sample_scene_for_prompt(spec, rng, "slots").objects
+            assert len(objs) == spec.n_objects
+            for i in range(len(objs)):
+                for j in range(i):
+                    assert not (world.object_alpha(objs[i]) * world.object_alpha(objs[j])).any()
+            rel = None if spec.relation is None else (spec.relation.kind, 0, 1)
+            slots = world._slot_centres(len(objs), rel)
+            jitter = world.SLOT_SINGLE_JITTER if len(objs) == 1 else world.SLOT_JITTER
+            for o, (x, y) in zip(objs, slots):
+                assert abs(o.cx - x) <= jitter + 1e-9 and abs(o.cy - y) <= jitter + 1e-9
+            if spec.relation:
+                a, b = objs[0], objs[1]
+                along, across = world.relation_offsets(spec.relation.kind, (a.cx, a.cy), (b.cx, b.cy))
+                assert along > 0.15 and across <= along / 2
+    with pytest.raises(ValueError, match="unknown layout"):
+        world.sample_scene_for_prompt(spec, rng, "grid")
+
+
+def test_slot_scenes_of_every_heldout_prompt_score_one():
+    rng = np.random.default_rng(5)
+    prompts = ev.load_prompts()
+    images = [world.render(world.sample_scene_for_prompt(p, rng, "slots")) for p in prompts]
+    report = ev.evaluate(images, prompts)
+    assert report.overall == 1.0, [r for r in report.per_image if not r["overall"]]
+
+
 # ----------------------------------------------------------------------------- evaluator
 
 

@@ -309,3 +309,27 @@ def test_position_table_learns_at_a_multiple_of_the_lr():
     clip_and_step(opt, list(model.parameters()), 2e-3, 1.0)
     assert fast["lr"] == pytest.approx(2e-3 * FAST_LR_SCALE)
     assert all(g["lr"] == 2e-3 for g in opt.param_groups if g is not fast)
+
+
+def test_cpu_bf16_is_refused_without_native_bf16(monkeypatch):
+    from stepvar.training import common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="no native bf16"):
+        GPTJob(tiny_gpt_cfg(cpu_bf16=True), tiny_vae())
+    with pytest.raises(ConfigError, match="no native bf16"):
+        VAEJob(tiny_vae_cfg(cpu_bf16=True))
+    GPTJob(tiny_gpt_cfg(), tiny_vae())  # fp32 is always fine
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
+def test_cpu_bf16_loss_tracks_fp32():
+    """Same weights, same batch: under bf16 autocast the loss moves (bf16 is really used) but only by rounding."""
+    fp32, bf16 = GPTJob(tiny_gpt_cfg(), tiny_vae()), GPTJob(tiny_gpt_cfg(cpu_bf16=True), tiny_vae())
+    batch = fp32.next_batch()
+    from stepvar.training.train_gpt import gpt_loss
+
+    with torch.no_grad():
+        a, _ = gpt_loss(fp32.model, fp32.text_encoder, batch, fp32.schedule)
+        b, _ = gpt_loss(bf16.model, bf16.text_encoder, batch, bf16.schedule, cpu_bf16=True)
+    assert a.item() != b.item() and abs(a.item() - b.item()) < 0.02 * a.item()

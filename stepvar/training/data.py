@@ -13,11 +13,12 @@ import torch
 from ..toy.world import make_example, make_pair, objects_mask
 
 
-def sample_pairs(rng: np.random.Generator, n: int, size: int = 256) -> tuple[list[str], np.ndarray]:
-    """n canonical prompts and their rendered images, uint8 (n, size, size, 3)."""
+def sample_pairs(rng: np.random.Generator, n: int, size: int = 256,
+                 layout: str = "free") -> tuple[list[str], np.ndarray]:
+    """n canonical prompts and their rendered images, uint8 (n, size, size, 3); layout: world.LAYOUTS."""
     prompts, images = [], []
     for _ in range(n):
-        prompt, image, _ = make_pair(rng, size)
+        prompt, image, _ = make_pair(rng, size, layout)
         prompts.append(prompt)
         images.append(image)
     return prompts, np.stack(images)

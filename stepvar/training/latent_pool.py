@@ -39,6 +39,7 @@ class LatentPool:
     seed: int
     image_size: int
     encoder_sha256: str
+    layout: str = "free"     # the world's layout the scenes were drawn with (world.LAYOUTS)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -56,21 +57,25 @@ def encoder_fingerprint(vae: BSQVAE) -> str:
 
 @torch.no_grad()
 def build_latent_pool(vae: BSQVAE, n: int, seed: int = 0, size: int = 256, chunk: int = 64,
-                      device: torch.device | str = "cpu",
+                      device: torch.device | str = "cpu", layout: str = "free",
                       on_progress: Callable[[int, int], None] | None = None) -> LatentPool:
     """Render n scenes from numpy seed `seed` (the trainers' data stream) and encode them."""
+    from ..toy.world import LAYOUTS
+
     if n < 1 or chunk < 1:
         raise ConfigError("a latent pool needs n >= 1 scenes and chunk >= 1")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     vae = vae.eval()
     rng = np.random.default_rng(seed)
     prompts, zs = [], []
     for start in range(0, n, chunk):
-        p, images = sample_pairs(rng, min(chunk, n - start), size)
+        p, images = sample_pairs(rng, min(chunk, n - start), size, layout)
         zs.append(vae.encode(to_model_images(images, device)).float().cpu())
         prompts += p
         if on_progress is not None:
             on_progress(len(prompts), n)
-    return LatentPool(prompts, torch.cat(zs), seed, size, encoder_fingerprint(vae))
+    return LatentPool(prompts, torch.cat(zs), seed, size, encoder_fingerprint(vae), layout)
 
 
 def save_latent_pool(pool: LatentPool, path: str | os.PathLike) -> Path:
@@ -78,7 +83,7 @@ def save_latent_pool(pool: LatentPool, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     meta = {"format": FORMAT, "prompts": json.dumps(pool.prompts), "seed": str(pool.seed),
-            "image_size": str(pool.image_size), "encoder_sha256": pool.encoder_sha256}
+            "image_size": str(pool.image_size), "encoder_sha256": pool.encoder_sha256, "layout": pool.layout}
     with atomic_path(path) as tmp:
         save_file({"z": pool.z.contiguous()}, str(tmp), metadata=meta)
     return path
@@ -100,7 +105,7 @@ def load_latent_pool(path: str | os.PathLike, vae: BSQVAE | None = None) -> Late
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a latent pool (format {meta.get('format')!r}, expected {FORMAT!r})")
     pool = LatentPool(json.loads(meta["prompts"]), z.float(), int(meta["seed"]), int(meta["image_size"]),
-                      meta["encoder_sha256"])
+                      meta["encoder_sha256"], meta.get("layout", "free"))  # pools before layouts were free
     if len(pool.prompts) != pool.z.shape[0]:
         raise CheckpointError(f"{path}: {len(pool.prompts)} prompts but {pool.z.shape[0]} latents")
     if vae is not None and encoder_fingerprint(vae) != pool.encoder_sha256:

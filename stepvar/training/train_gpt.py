@@ -40,8 +40,8 @@ from ..models.infinity import Infinity
 from ..schedules import ScaleSchedule, get_schedule
 from ..toy.grammar import MAX_TOKENS
 from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
-from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
-    read_training_checkpoint, resolve_device, run_job
+from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, check_cpu_bf16, clip_and_step, lr_at, \
+    make_optimizer, read_training_checkpoint, resolve_device, run_job
 from .data import sample_pairs, to_model_images
 from .latent_pool import LatentPool, load_latent_pool
 from .teacher_forcing import flat_bits, forward_teacher_forced, multiscale_targets, teacher_forced_inputs
@@ -75,6 +75,7 @@ class GPTTrainConfig(RunSettings):
     # With a pool: draw rows so the prompt forms (single, count, relation) have these shares, not the pool's
     # (a third each); relation prompts are the most numerous and the hardest. None = uniform over rows.
     form_weights: tuple[float, float, float] | None = None
+    layout: str | None = None          # the world's object placement (world.LAYOUTS); None = the pool's, else "free"
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
 
@@ -98,6 +99,10 @@ class GPTTrainConfig(RunSettings):
                 raise ConfigError("form_weights must be three non-negative shares (single, count, relation), not all 0")
             if self.latents is None:
                 raise ConfigError("form_weights applies to a latent pool (--latents)")
+        from ..toy.world import LAYOUTS
+
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
         if self.prefix_batch < 0 or self.prefix_scales < 1:
             raise ConfigError("prefix_batch must be >= 0 and prefix_scales >= 1")
         if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.self_correction < 0.5:
@@ -137,12 +142,12 @@ def _forward_rows(model: Infinity, feats, mask, rows: slice, bits: list[torch.Te
 
 
 def gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, schedule: ScaleSchedule,
-             amp: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+             amp: bool = True, cpu_bf16: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean bit cross-entropy over every (row, token, bit) of the batch, prefix rows included."""
     device = batch.ids_BT.device
     B = batch.ids_BT.shape[0]
     n_full = B if batch.n_full is None else batch.n_full
-    with autocast(device, amp):
+    with autocast(device, amp, cpu_bf16):
         feats, mask = text_encoder(batch.ids_BT)
         feats = torch.where(batch.drop_B[:, None, None], model.uncond_text(mask).to(feats.dtype), feats)
         logits, labels = _forward_rows(model, feats, mask, slice(0, n_full), batch.bits, batch.next_inputs, schedule)
@@ -168,6 +173,7 @@ class GPTJob(Job):
             raise ConfigError(f"the VAE has d={vae.cfg.codebook_dim} but arch.bits is {cfg.arch.bits}")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        check_cpu_bf16(cfg, self.device)
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
         self.model = Infinity(cfg.arch).to(self.device).train()
         self.text_encoder = ToyTextEncoder(cfg.text).to(self.device).train()
@@ -184,6 +190,7 @@ class GPTJob(Job):
         if len(self.schedule) > cfg.arch.num_levels:
             raise ConfigError(f"budget {cfg.budget} has {len(self.schedule)} scales > arch.num_levels {cfg.arch.num_levels}")
         self.pool = None if cfg.latents is None else self._load_pool(cfg.latents)
+        self.layout = cfg.layout or (self.pool.layout if self.pool is not None else "free")
         self.pool_rows_by_form = None
         if self.pool is not None and cfg.form_weights is not None:
             from ..toy.grammar import FORMS, parse
@@ -198,13 +205,16 @@ class GPTJob(Job):
         size = self.schedule.pixel_size[0]
         if pool.image_size != size:
             raise ConfigError(f"latent pool {path} holds {pool.image_size}px scenes; budget {self.cfg.budget} trains {size}px")
+        if self.cfg.layout not in (None, pool.layout):
+            raise ConfigError(f"latent pool {path} holds {pool.layout!r} scenes but the run's layout is "
+                              f"{self.cfg.layout!r} (--layout {pool.layout})")
         return pool
 
     def config_dict(self) -> dict:
         # prior_steps: updates the init_from weights had already had, so an export counts them all
         # (absent for a fresh run, so checkpoints written before it existed still resume).
         prior = {"prior_steps": self.prior_steps} if self.prior_steps else {}
-        return {**asdict(self.cfg), "vae": asdict(self.vae.cfg), **prior}
+        return {**asdict(self.cfg), "layout": self.layout, "vae": asdict(self.vae.cfg), **prior}
 
     def _init_weights(self, source: str) -> None:
         """Continue from shipped (fp16, upcast) or checkpointed weights with a fresh optimiser."""
@@ -236,8 +246,8 @@ class GPTJob(Job):
             prompts = [self.pool.prompts[i] for i in idx]
             z = self.pool.z[torch.from_numpy(idx)].to(self.device)
         else:
-            prompts, images = sample_pairs(self.rngs.data, B, self.schedule.pixel_size[0])
-            with autocast(self.device, self.cfg.amp):
+            prompts, images = sample_pairs(self.rngs.data, B, self.schedule.pixel_size[0], self.layout)
+            with autocast(self.device, self.cfg.amp, self.cfg.cpu_bf16):
                 z = self.vae.encode(to_model_images(images, self.device))
         grids = [(s.h, s.w) for s in self.schedule.scales]
         targets = multiscale_targets(z, grids, self.cfg.self_correction, self.cfg.self_correction_scales, self.rngs.torch)
@@ -255,7 +265,7 @@ class GPTJob(Job):
         return np.array([rows[rng.integers(len(rows))] for rows in (self.pool_rows_by_form[f] for f in forms)])
 
     def update(self, batch: GPTBatch, step: int) -> dict[str, float]:
-        loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp)
+        loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp, self.cfg.cpu_bf16)
         loss.backward()
         lr = lr_at(step, self.cfg.optim)
         metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
@@ -315,7 +325,8 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         save_checkpoint(sd, out / fname, "safetensors")
     cfg = ckpt["config"]
     meta = {"arch": cfg["arch"], "vae": cfg["vae"], "text": cfg["text"], "budget": cfg["budget"],
-            "trained_steps": ckpt["step"] + cfg.get("prior_steps", 0), "run_steps": ckpt["step"], "seed": cfg["seed"], "stepvar_version": ckpt["stepvar_version"],
+            "trained_steps": ckpt["step"] + cfg.get("prior_steps", 0), "run_steps": ckpt["step"], "seed": cfg["seed"],
+            "layout": cfg.get("layout", "free"), "stepvar_version": ckpt["stepvar_version"],
             "dtype": str(dtype).replace("torch.", ""), "files": EXPORT_FILES}
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.bsq_vae import VAE_PRESETS, BSQVAE, VAEConfig, multiscale_encode
 from ..schedules import get_schedule
-from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, clip_and_step, lr_at, make_optimizer, \
+from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, check_cpu_bf16, clip_and_step, lr_at, make_optimizer, \
     read_training_checkpoint, resolve_device, run_job
 from .data import random_crops, sample_pairs, sample_pairs_with_masks, to_model_images
 
@@ -93,11 +93,11 @@ def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig,
              weight_B1HW: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts for one batch of images in [-1, 1]; optional per-pixel weights."""
     device = img_B3HW.device
-    with autocast(device, cfg.amp), torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.decoder_only):
+    with autocast(device, cfg.amp, cfg.cpu_bf16), torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.decoder_only):
         z = vae.encoder(img_B3HW).float()  # (B, d, H, W)
     grids = quantizer_grids(cfg.budget, tuple(z.shape[-2:]), vae.cfg.token_stride)
     zq = multiscale_encode(z.detach(), grids).summed_BdHW
-    with autocast(device, cfg.amp):
+    with autocast(device, cfg.amp, cfg.cpu_bf16):
         rec = vae.decoder(z + (zq - z).detach()).float()  # straight-through estimator (plain zq when decoder_only)
     w = torch.ones_like(img_B3HW[:, :1]) if weight_B1HW is None else weight_B1HW
     l1 = ((rec - img_B3HW).abs() * w).mean() / w.mean()
@@ -118,6 +118,7 @@ class VAEJob(Job):
     def __init__(self, cfg: VAETrainConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        check_cpu_bf16(cfg, self.device)
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
         self.vae = BSQVAE(cfg.vae)
         if cfg.init_from is not None:
