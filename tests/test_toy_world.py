@@ -80,6 +80,24 @@ def test_malformed_prompts_raise(bad):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("kind", list(world.RELATIONS))
+def test_mirrored_relation_means_the_same_scenes(kind):
+    """'A right of B' == 'B left of A': every scene of the prompt satisfies its mirror and vice versa."""
+    spec = PromptSpec((ObjectGroup(1, "red", "circle"), ObjectGroup(1, "blue", "square")), Relation(kind, 0, 1))
+    mirrored = grammar.mirror_relation(spec)
+    assert mirrored.relation.kind in ("left of", "above")
+    assert (mirrored == spec) == (kind in ("left of", "above"))
+    assert grammar.mirror_relation(mirrored) == mirrored
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        for a, b in ((spec, mirrored), (mirrored, spec)):
+            img = world.render(world.sample_scene_for_prompt(a, rng, "free"))
+            assert ev.score(img, b)["overall"]
+        wrong = world.render(world.sample_scene_for_prompt(PromptSpec(spec.groups, Relation(SWAP[kind], 0, 1)), rng))
+        assert not ev.score(wrong, mirrored)["position"]
+    assert grammar.mirror_relation(grammar.parse("two red circles")) == grammar.parse("two red circles")
+
+
 def test_random_prompts_cover_forms_and_roundtrip():
     rng = np.random.default_rng(0)
     specs = [grammar.random_spec(rng) for _ in range(300)]

@@ -16,6 +16,7 @@ from stepvar.models.config import InfinityConfig
 from stepvar.models.infinity import Infinity
 from stepvar.pruning.base import ScaleRun, TokenCounter, run_dense_stack
 from stepvar.schedules import get_schedule
+from stepvar.toy import grammar
 from stepvar.toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from stepvar.training import (GPTTrainConfig, OptimConfig, VAETrainConfig, export_embedded, forward_teacher_forced,
                               load_embedded, multiscale_targets, teacher_forced_inputs, train_transformer, train_vae)
@@ -221,6 +222,15 @@ def test_export_and_load_embedded(tmp_path):
         res = sample(model, feats, mask, get_schedule("0.06M"), LatentCodec(8), SamplingConfig(seed=0))
         img = vae.decode(res.latent_BdHW)
     assert img.shape == (1, 3, 256, 256) and np.isfinite(img.numpy()).all()
+    assert text.cfg.mirror_relations and json.loads((out / "model.json").read_text())["layout"] == "free"
+    # An export from before relations were mirrored and layouts existed reads as unmirrored, free.
+    meta = json.loads((out / "model.json").read_text())
+    del meta["text"]["mirror_relations"], meta["layout"]
+    (out / "model.json").write_text(json.dumps(meta))
+    _, _, old = load_embedded(out)
+    assert not old.cfg.mirror_relations
+    assert old.tokenize(["a red circle below a blue square"]).tolist() == [grammar.tokenize("a red circle below a blue square")]
+    assert text.tokenize(["a red circle below a blue square"]).tolist() == [grammar.tokenize("a blue square above a red circle")]
 
 
 def test_decoder_only_finetune_keeps_the_encoder_and_replaces_the_shipped_decoder(tmp_path):

@@ -152,13 +152,27 @@ def describe(spec: PromptSpec) -> str:
     return f"{_group_text(spec.groups[r.a])} {r.kind} {_group_text(spec.groups[r.b])}"
 
 
-def tokenize(prompt: str | PromptSpec) -> list[int]:
+# "A right of B" says the same as "B left of A" (likewise below / above).
+MIRRORED = {"right of": "left of", "below": "above"}
+
+
+def mirror_relation(spec: PromptSpec) -> PromptSpec:
+    """The same prompt with "right of" / "below" turned round, so the first-named object is the
+    left or upper one; other prompts unchanged. Both describe exactly the same scenes."""
+    r = spec.relation
+    if r is None or r.kind not in MIRRORED:
+        return spec
+    return PromptSpec((spec.groups[r.b], spec.groups[r.a]), Relation(MIRRORED[r.kind], 0, 1))
+
+
+def tokenize(prompt: str | PromptSpec, mirror: bool = False) -> list[int]:
     """Token ids of the canonical text, padded with PAD (0) to MAX_TOKENS.
 
     Tokenizing the canonical form (not the raw words) gives synonyms ("one"/"a",
     "circle"/"circles" after a count) the same ids, so the model never sees variants.
     """
     spec = parse(prompt) if isinstance(prompt, str) else prompt
+    spec = mirror_relation(spec) if mirror else spec
     ids = [WORD_INDEX[w] for w in describe(spec).split()]
     return ids + [PAD] * (MAX_TOKENS - len(ids))
 

@@ -32,6 +32,11 @@ class ToyTextConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 2.0
+    # Tokenize "A right of B" as "B left of A" and "A below B" as "B above A" (grammar.mirror_relation).
+    # Why: the first-named object is then always the left or upper one, so which object goes where
+    # follows from word order alone instead of from the relation word. Exports made before this
+    # field existed were trained without it (load_embedded reads a missing field as False).
+    mirror_relations: bool = True
 
 
 class _EncoderLayer(nn.Module):
@@ -78,10 +83,10 @@ class ToyTextEncoder(nn.Module):
     def channels(self) -> int:
         return self.cfg.channels
 
-    @staticmethod
-    def tokenize(prompts: list[str]) -> torch.Tensor:
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids (B, MAX_TOKENS) int64 of the canonical texts; StepvarError for a bad prompt."""
-        return torch.tensor([tokenize(p) for p in check_prompts(list(prompts))], dtype=torch.long)
+        mirror = self.cfg.mirror_relations
+        return torch.tensor([tokenize(p, mirror) for p in check_prompts(list(prompts))], dtype=torch.long)
 
     def forward(self, ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> features (B, T, Ct) fp32 and mask (B, T) bool (True = real token)."""

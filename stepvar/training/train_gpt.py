@@ -252,7 +252,7 @@ class GPTJob(Job):
         grids = [(s.h, s.w) for s in self.schedule.scales]
         targets = multiscale_targets(z, grids, self.cfg.self_correction, self.cfg.self_correction_scales, self.rngs.torch)
         drop = torch.rand(B, generator=self.rngs.torch) < self.cfg.cfg_dropout
-        ids = ToyTextEncoder.tokenize(prompts)
+        ids = self.text_encoder.tokenize(prompts)
         return GPTBatch(ids.to(self.device), targets.bits, targets.next_inputs, drop.to(self.device),
                         self.cfg.batch_size, min(self.cfg.prefix_scales, len(self.schedule)))
 
@@ -352,7 +352,7 @@ def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cp
     load_model_weights(model, d / EXPORT_FILES["transformer"])
     vae = BSQVAE(VAEConfig(**meta["vae"]))
     load_vae_weights(vae, d / EXPORT_FILES["vae"])
-    text = ToyTextEncoder(ToyTextConfig(**meta["text"]))
+    text = ToyTextEncoder(ToyTextConfig(**{"mirror_relations": False, **meta["text"]}))  # older exports: unmirrored
     from safetensors.torch import load_file
 
     text.load_state_dict({k: v.float() for k, v in load_file(str(d / EXPORT_FILES["text_encoder"])).items()})
