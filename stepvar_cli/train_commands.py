@@ -86,6 +86,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                   latents: Annotated[Optional[Path], typer.Option(help="Train on this pre-encoded scene pool (`stepvar train latents`) instead of rendering and encoding fresh scenes every step.")] = None,
                   form_weights: Annotated[Optional[str], typer.Option(help="With --latents: shares of the prompt forms single,count,relation, e.g. 0.15,0.3,0.55 (default: the pool's, a third each).")] = None,
                   layout: Annotated[Optional[str], typer.Option(help="Object placement of the scenes: free or slots (default: the pool's, else free).")] = None,
+                  loss_weighting: Annotated[str, typer.Option(help="token: every token alike; scale: every scale alike (the coarse scales that decide layout and colour weigh as much as the fine ones).")] = "token",
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", cpu_bf16: CpuBf16 = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -99,7 +100,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
                              latents=None if latents is None else str(latents),
-                             form_weights=_form_weights(form_weights), layout=layout)
+                             form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))

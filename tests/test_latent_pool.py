@@ -78,9 +78,13 @@ def test_train_latents_cli(tmp_path):
     train_vae(tiny_vae_cfg(), tmp_path / "vae", steps=1)
     out = tmp_path / "p.safetensors"
     r = CliRunner().invoke(app, ["train", "latents", "--vae", str(tmp_path / "vae"), "--out", str(out), "--n", "2",
-                                 "--device", "cpu", "--json"])
+                                 "--layout", "slots", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["scenes"] == 2 and len(load_latent_pool(out)) == 2
+    assert json.loads(r.output)["scenes"] == 2 and json.loads(r.output)["layout"] == "slots"
+    assert len(load_latent_pool(out)) == 2 and load_latent_pool(out).layout == "slots"
+    bad = CliRunner().invoke(app, ["train", "latents", "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "q"),
+                                   "--n", "1", "--layout", "grid", "--device", "cpu"])
+    assert bad.exit_code == 2 and "unknown layout 'grid'" in bad.output and not (tmp_path / "q").exists()
     missing = CliRunner().invoke(app, ["train", "gpt", "--vae", str(embedded_dir(load_model_preset("toy"))), "--out", str(tmp_path / "g"),
                                        "--latents", str(tmp_path / "nope.safetensors"), "--steps", "1", "--device", "cpu"])
     assert missing.exit_code == 2 and "no such latent pool" in missing.output

@@ -343,3 +343,33 @@ def test_cpu_bf16_loss_tracks_fp32():
         a, _ = gpt_loss(fp32.model, fp32.text_encoder, batch, fp32.schedule)
         b, _ = gpt_loss(bf16.model, bf16.text_encoder, batch, bf16.schedule, cpu_bf16=True)
     assert a.item() != b.item() and abs(a.item() - b.item()) < 0.02 * a.item()
+
+
+def test_scale_weighted_loss_equals_a_per_scale_loop():
+    """loss_weighting="scale": mean over rows of the mean over the row's scales of that scale's mean
+    bit cross-entropy, prefix rows (fewer scales) included; checked against a plain loop."""
+    import torch.nn.functional as F
+
+    from stepvar.training.train_gpt import _forward_rows, gpt_loss, prefix_schedule
+
+    job = GPTJob(tiny_gpt_cfg(batch_size=2, prefix_batch=3, prefix_scales=2, loss_weighting="scale"), tiny_vae())
+    batch = job.next_batch()
+    with torch.no_grad():
+        got, metrics = gpt_loss(job.model, job.text_encoder, batch, job.schedule, weighting="scale")
+        token, _ = gpt_loss(job.model, job.text_encoder, batch, job.schedule, weighting="token")
+        feats, mask = job.text_encoder(batch.ids_BT)
+        feats = torch.where(batch.drop_B[:, None, None], job.model.uncond_text(mask), feats)
+        row_losses = []
+        for rows, sch in ((slice(0, 2), job.schedule), (slice(2, 5), prefix_schedule(job.schedule, 2))):
+            logits, labels = _forward_rows(job.model, feats, mask, rows, batch.bits, batch.next_inputs, sch)
+            for b in range(labels.shape[0]):
+                per_scale = []
+                for start, end in sch.offsets:
+                    lg = logits[b, start:end].unflatten(-1, (-1, 2)).reshape(-1, 2)
+                    per_scale.append(F.cross_entropy(lg, labels[b, start:end].long().reshape(-1)))
+                row_losses.append(torch.stack(per_scale).mean())
+    want = torch.stack(row_losses).mean()
+    assert torch.allclose(got, want, rtol=1e-5) and not torch.allclose(got, token, rtol=1e-3)
+    assert 0 < metrics["bit_acc"] <= 1
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        tiny_gpt_cfg(loss_weighting="pixel")

@@ -76,6 +76,10 @@ class GPTTrainConfig(RunSettings):
     # (a third each); relation prompts are the most numerous and the hardest. None = uniform over rows.
     form_weights: tuple[float, float, float] | None = None
     layout: str | None = None          # the world's object placement (world.LAYOUTS); None = the pool's, else "free"
+    # How the bit cross-entropy is averaged: "token" = every token alike, so the 1x1..4x4 scales that
+    # decide layout and colour carry 4 % of a full row's loss; "scale" = every scale of a row alike
+    # (the mean over a scale's tokens, then over its scales), as Infinity's scale reweighting does.
+    loss_weighting: str = "token"
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
 
@@ -103,6 +107,8 @@ class GPTTrainConfig(RunSettings):
 
         if self.layout is not None and self.layout not in LAYOUTS:
             raise ConfigError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        if self.loss_weighting not in ("token", "scale"):
+            raise ConfigError(f"loss_weighting must be 'token' or 'scale', got {self.loss_weighting!r}")
         if self.prefix_batch < 0 or self.prefix_scales < 1:
             raise ConfigError("prefix_batch must be >= 0 and prefix_scales >= 1")
         if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.self_correction < 0.5:
@@ -123,13 +129,26 @@ def prefix_schedule(schedule: ScaleSchedule, n: int) -> ScaleSchedule:
     return replace(schedule, scales=schedule.scales[:n])
 
 
-def bit_loss(logits_BLV: torch.Tensor, bits_BLd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over every bit ((B, L, 2d) -> (B, L, d, 2) pairs) and the bit accuracy."""
+def bit_loss(logits_BLV: torch.Tensor, bits_BLd: torch.Tensor,
+             weight_L: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over the bits ((B, L, 2d) -> (B, L, d, 2) pairs) and the bit accuracy.
+
+    The loss is the mean over every (row, token, bit), or with weight_L (summing to 1) the mean over
+    rows of the weighted sum over tokens of each token's mean over bits. The accuracy is unweighted.
+    """
     logits_BLd2 = logits_BLV.float().unflatten(-1, (-1, 2))  # (B, L, d, 2): pair k scores bit k = 0 / 1
     target = bits_BLd.long()
-    loss = F.cross_entropy(logits_BLd2.reshape(-1, 2), target.reshape(-1))
     acc = (logits_BLd2.argmax(-1) == target).float().mean()
-    return loss, acc
+    if weight_L is None:
+        return F.cross_entropy(logits_BLd2.reshape(-1, 2), target.reshape(-1)), acc
+    ce_BLd = F.cross_entropy(logits_BLd2.flatten(0, 2), target.flatten(), reduction="none").view(target.shape)
+    return (ce_BLd.mean(-1) * weight_L).sum(-1).mean(), acc
+
+
+def scale_weights(schedule: ScaleSchedule, device=None) -> torch.Tensor:
+    """(Lt,) per-token weights that give each scale the same share: 1 / (n_scales * tokens of its scale)."""
+    sizes = torch.tensor([s.n for s in schedule.scales], dtype=torch.float32, device=device)
+    return torch.repeat_interleave(1.0 / (len(schedule) * sizes), sizes.long())
 
 
 def _forward_rows(model: Infinity, feats, mask, rows: slice, bits: list[torch.Tensor],
@@ -142,8 +161,9 @@ def _forward_rows(model: Infinity, feats, mask, rows: slice, bits: list[torch.Te
 
 
 def gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, schedule: ScaleSchedule,
-             amp: bool = True, cpu_bf16: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean bit cross-entropy over every (row, token, bit) of the batch, prefix rows included."""
+             amp: bool = True, cpu_bf16: bool = False, weighting: str = "token") -> tuple[torch.Tensor, dict[str, float]]:
+    """Bit cross-entropy of the batch, prefix rows included: the mean over every (row, token, bit)
+    ("token"), or over rows of each row's mean over its scales of the scale's mean ("scale")."""
     device = batch.ids_BT.device
     B = batch.ids_BT.shape[0]
     n_full = B if batch.n_full is None else batch.n_full
@@ -151,13 +171,16 @@ def gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, sch
         feats, mask = text_encoder(batch.ids_BT)
         feats = torch.where(batch.drop_B[:, None, None], model.uncond_text(mask).to(feats.dtype), feats)
         logits, labels = _forward_rows(model, feats, mask, slice(0, n_full), batch.bits, batch.next_inputs, schedule)
-        parts = [(logits, labels)]
+        parts = [(logits, labels, schedule)]
         if n_full < B:
-            parts.append(_forward_rows(model, feats, mask, slice(n_full, B), batch.bits, batch.next_inputs,
-                                       prefix_schedule(schedule, batch.prefix_scales)))
-    flat = [bit_loss(lg, lb) for lg, lb in parts]
-    counts = [lb.numel() for _, lb in parts]
-    loss = sum(l * c for (l, _), c in zip(flat, counts)) / sum(counts)
+            prefix = prefix_schedule(schedule, batch.prefix_scales)
+            parts.append((*_forward_rows(model, feats, mask, slice(n_full, B), batch.bits, batch.next_inputs, prefix),
+                          prefix))
+    by_scale = weighting == "scale"  # then each row counts once, its scales alike
+    flat = [bit_loss(lg, lb, scale_weights(sch, device) if by_scale else None) for lg, lb, sch in parts]
+    counts = [lb.numel() for _, lb, _ in parts]
+    rows = [lb.shape[0] for _, lb, _ in parts] if by_scale else counts
+    loss = sum(l * c for (l, _), c in zip(flat, rows)) / sum(rows)
     acc = sum(a * c for (_, a), c in zip(flat, counts)) / sum(counts)
     last = schedule.offsets[-1][0]
     _, acc_last = bit_loss(logits[:, last:].detach(), labels[:, last:])
@@ -265,7 +288,8 @@ class GPTJob(Job):
         return np.array([rows[rng.integers(len(rows))] for rows in (self.pool_rows_by_form[f] for f in forms)])
 
     def update(self, batch: GPTBatch, step: int) -> dict[str, float]:
-        loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp, self.cfg.cpu_bf16)
+        loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp, self.cfg.cpu_bf16,
+                                 self.cfg.loss_weighting)
         loss.backward()
         lr = lr_at(step, self.cfg.optim)
         metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
