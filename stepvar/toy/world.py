@@ -215,6 +215,14 @@ def _clear_relation(kind: str, pa, pb) -> bool:
     return along >= (pa[2] + pb[2]) / 2 + GAP and across <= along / 2
 
 
+def _valid_layout(boxes, relation) -> bool:
+    """Every two boxes apart, and the relation (kind, index of A, index of B), if any, clear."""
+    n = len(boxes)
+    if not all(_apart(boxes[i], boxes[j]) for i in range(n) for j in range(i)):
+        return False
+    return relation is None or _clear_relation(relation[0], boxes[relation[1]], boxes[relation[2]])
+
+
 def _sample_layout(n: int, relation, rng: np.random.Generator, scale: float = 1.0):
     """Rejection-sample n non-overlapping (cx, cy, size) boxes; None if it gave up."""
     lo, hi = SIZE_RANGES[n]
@@ -222,11 +230,8 @@ def _sample_layout(n: int, relation, rng: np.random.Generator, scale: float = 1.
         sizes = rng.uniform(lo, hi, n) * scale
         pos = rng.uniform(EDGE + sizes / 2, 1 - EDGE - sizes / 2, (2, n))
         boxes = [(pos[0, i], pos[1, i], sizes[i]) for i in range(n)]
-        if not all(_apart(boxes[i], boxes[j]) for i in range(n) for j in range(i)):
-            continue
-        if relation is not None and not _clear_relation(relation[0], boxes[relation[1]], boxes[relation[2]]):
-            continue
-        return boxes
+        if _valid_layout(boxes, relation):
+            return boxes
     return None
 
 
@@ -268,11 +273,8 @@ def _sample_slot_layout(n: int, relation, rng: np.random.Generator, scale: float
         pos = centres + rng.uniform(-jitter, jitter, (n, 2))
         pos = np.clip(pos, (EDGE + sizes / 2)[:, None], (1 - EDGE - sizes / 2)[:, None])
         boxes = [(pos[i, 0], pos[i, 1], sizes[i]) for i in range(n)]
-        if not all(_apart(boxes[i], boxes[j]) for i in range(n) for j in range(i)):
-            continue
-        if relation is not None and not _clear_relation(relation[0], boxes[relation[1]], boxes[relation[2]]):
-            continue
-        return boxes
+        if _valid_layout(boxes, relation):
+            return boxes
     return None
 
 
