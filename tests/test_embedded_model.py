@@ -70,8 +70,6 @@ def test_keep_one_reproduces_dense_on_the_trained_model(toy_pipe):
     assert np.array_equal(dense, full)
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model is under-trained (2-core CPU budget); docs/model_card.md. "
-                   "strict: once a better model passes, this marker must go")
 def test_the_issue_example_looks_right(toy_pipe):
     """The model draws what the README's first command asks for (seed 0, the preset's sampling, as the CLI)."""
     sampling = SamplingConfig.for_model(PRESET.sampling, seed=0)
