@@ -251,6 +251,15 @@ SLOT_SINGLE_JITTER = 0.15
 RELATION_SPREAD = 0.22   # |centre - 0.5| of A and B along the relation's axis
 
 
+def check_layout(layout: str) -> str:
+    """layout itself, or the one-line ConfigError a command shows for an unknown one."""
+    from stepvar.errors import ConfigError
+
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    return layout
+
+
 def _slot_centres(n: int, relation) -> list[tuple[float, float]]:
     """Un-jittered centres: A and B either side of the middle for a relation, else SLOT_CENTRES[n]."""
     if relation is None:

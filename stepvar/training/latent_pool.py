@@ -60,12 +60,11 @@ def build_latent_pool(vae: BSQVAE, n: int, seed: int = 0, size: int = 256, chunk
                       device: torch.device | str = "cpu", layout: str = "free",
                       on_progress: Callable[[int, int], None] | None = None) -> LatentPool:
     """Render n scenes from numpy seed `seed` (the trainers' data stream) and encode them."""
-    from ..toy.world import LAYOUTS
+    from ..toy.world import check_layout
 
     if n < 1 or chunk < 1:
         raise ConfigError("a latent pool needs n >= 1 scenes and chunk >= 1")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    check_layout(layout)
     vae = vae.eval()
     rng = np.random.default_rng(seed)
     prompts, zs = [], []

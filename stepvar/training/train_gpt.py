@@ -103,10 +103,10 @@ class GPTTrainConfig(RunSettings):
                 raise ConfigError("form_weights must be three non-negative shares (single, count, relation), not all 0")
             if self.latents is None:
                 raise ConfigError("form_weights applies to a latent pool (--latents)")
-        from ..toy.world import LAYOUTS
+        from ..toy.world import check_layout
 
-        if self.layout is not None and self.layout not in LAYOUTS:
-            raise ConfigError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        if self.layout is not None:
+            check_layout(self.layout)
         if self.loss_weighting not in ("token", "scale"):
             raise ConfigError(f"loss_weighting must be 'token' or 'scale', got {self.loss_weighting!r}")
         if self.prefix_batch < 0 or self.prefix_scales < 1:
