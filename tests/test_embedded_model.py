@@ -70,9 +70,6 @@ def test_keep_one_reproduces_dense_on_the_trained_model(toy_pipe):
     assert np.array_equal(dense, full)
 
 
-@pytest.mark.xfail(strict=True, reason="stage 18 draws the red circle of this prompt as a rounded square at seed 0 (3 of "
-                   "seeds 0-15 pass, stage 16 passed 10); docs/model_card.md, known limits. strict: once a model "
-                   "passes, this marker must go")
 def test_the_issue_example_looks_right(toy_pipe):
     """The model draws what the README's first command asks for (seed 0, the preset's sampling, as the CLI)."""
     sampling = SamplingConfig.for_model(PRESET.sampling, seed=0)
