@@ -8,15 +8,18 @@ Protocol (docs/bench_schema.md has the report schema):
 3. Each run is one Pipeline.generate() call (same prompts, same seed); its own timings give
    text, transformer loop (with per-scale times) and decode, synchronised on CUDA. Peak memory
    is reset before each run (stepvar.measure says what is measured on which device).
-4. When a resolution's rounds end, its rows are appended and report.json / report.csv are
-   rewritten atomically, so an interrupted bench keeps every finished row. A configuration
-   that raises is recorded as a failed row at once and left out of later rounds.
+4. After every timed run, that configuration's row (status "partial: n/N timed runs" until its
+   rounds end, then "ok") is written and report.json / report.csv are rewritten atomically, so a
+   bench stopped in any way, SIGKILL included, leaves every timed run it finished on disk in
+   complete files. A configuration that raises is recorded as a failed row at once and left out
+   of later rounds. One bench at a time writes an output directory (stepvar.run_lock).
 
 All times and FLOPs in a row are per image: one generate() call on `batch` prompts, / batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,6 +35,7 @@ from .flops import decode_flops, plan_flops, planned_counts, result_flops, rows_
 from .io import save_json, save_text
 from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment, peak_memory
 from .pruning.base import check_keep
+from .run_lock import output_lock
 from .pruning.registry import make_pruner_from_spec, method_preset, parse_method_spec
 from .sampling import SamplingConfig
 from .schedules import ScaleSchedule, schedule_for
@@ -48,7 +52,8 @@ ROW_FIELDS: dict[str, tuple[str, str]] = {
     "aspect": ("string", "aspect ratio as asked (W:H)"),
     "size_wh": ("array", "output image [width, height] in pixels"),
     "batch": ("integer", "prompts per generate() call"),
-    "status": ("string", "ok, or failed: <reason>, or interrupted: <n>/<N> timed runs"),
+    "status": ("string", "ok, failed: <reason>, interrupted: <n>/<N> timed runs, or partial: <n>/<N> timed runs "
+                         "(a row still being measured: what a killed bench leaves)"),
     "measured": ("boolean", "false for --flops-only rows (no timing, no memory)"),
     "repeats": ("integer", "timed runs that went into the medians"),
     "latency_s": ("number|null", "median end-to-end seconds per image (text + transformer + decode)"),
@@ -322,17 +327,29 @@ def run_bench(pipeline, resolutions: Sequence[int], methods: Sequence[str], keep
     for note in _reading_notes(configs, keeps, report.environment["cpu_busy_before"]):
         report.notes.append(note)
         say(f"note: {note}")
-    out = prepare_out_dir(out_dir) if out_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        out = None
+        if out_dir is not None:  # created only now, when every option has been checked
+            out = stack.enter_context(output_lock(prepare_out_dir(out_dir), on_note=lambda m: say(f"note: {m}")))
+        _bench_all(pipeline, resolutions, schedules, configs, prompt_list, sampling, repeats, warmup, text_len,
+                   report, out, on_row, say)
+    return report
+
+
+def _bench_all(pipeline, resolutions, schedules, configs, prompt_list, sampling, repeats, warmup, text_len, report,
+               out, on_row, say) -> None:
     current: dict[BenchConfig, _Runs] = {}
     labels = [c.label for c in configs]
 
-    def emit(row: dict) -> None:
-        report.rows.append(row)
+    def emit(row: dict, final: bool = True) -> None:
+        """Add or replace the row of (resolution, label) and rewrite the files; on_row hears of finished rows."""
+        key = (row["resolution"], row["label"])
+        report.rows[:] = [r for r in report.rows if (r["resolution"], r["label"]) != key] + [row]
         report.rows.sort(key=lambda r: (list(resolutions).index(r["resolution"]), labels.index(r["label"])))
         add_ratios(report.rows)
         if out is not None:
             write_bench_outputs(report, out, final=False)
-        if on_row is not None:
+        if on_row is not None and final:
             on_row(row)
 
     try:
@@ -356,7 +373,6 @@ def run_bench(pipeline, resolutions: Sequence[int], methods: Sequence[str], keep
         add_ratios(report.rows)
         if out is not None:
             write_bench_outputs(report, out, final=True)
-    return report
 
 
 def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repeats, warmup, text_len, report,
@@ -394,6 +410,8 @@ def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repea
                 runs.per_scale.append([t.seconds for t in result.sample.timings])
                 runs.memory.append(mem)
                 runs.last = result
+                emit(_measured_row(runs, runs.static, ctx, f"partial: {len(runs.totals)}/{repeats} timed runs"),
+                     final=False)
     for c in configs:
         runs = current[c]
         if runs.error is None:
@@ -441,6 +459,28 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
 
 
 # ---- outputs ------------------------------------------------------------------------------------
+def check_out_dir(path: str | Path) -> Path:
+    """Fail early on an output directory that could not be created or written, without creating it
+    (it is made only once every option has been checked, by prepare_out_dir)."""
+    import os
+
+    from .errors import StepvarError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StepvarError(f"--out {path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink() or existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise StepvarError(f"cannot create output directory {path}: {existing} is not a directory")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise StepvarError(f"output directory is not writable: {existing}")
+    return path
+
+
 def prepare_out_dir(path: str | Path) -> Path:
     """Create the output directory (and parents) and check it is writable, before any compute."""
     import os
@@ -480,6 +520,12 @@ def write_bench_outputs(report: BenchReport, out_dir: Path, final: bool) -> list
         written += plots
         written.append(save_text(out_dir / "report.md", bench_markdown(report, [p.name for p in plots])))
     return written
+
+
+def save_bench_report(report: BenchReport, out_dir: str | Path, on_note: Callable[[str], None] | None = None) -> list[Path]:
+    """Create out_dir and write a finished report (e.g. --flops-only) into it, holding its lock."""
+    with output_lock(prepare_out_dir(out_dir), on_note=on_note) as out:
+        return write_bench_outputs(report, out, final=True)
 
 
 def validate_rows(rows: list[dict], types: dict[str, str] | None = None) -> list[str]:

@@ -2,8 +2,10 @@
 
 Phases: check every configuration on the schedule -> warm-up -> per prompt: the dense
 reference, then each method (same seed, so the sampler RNG is consumed identically and any
-difference comes from pruning) -> images, labelled grid, report.json / report.md. The report
-is rewritten after each prompt, so an interrupted run keeps what it finished.
+difference comes from pruning) -> images, labelled grid, report.json / report.md. report.json
+is rewritten atomically after every row (each image is written before its row), so a run
+stopped in any way, SIGKILL included, keeps every row it finished. One compare at a time
+writes an output directory (stepvar.run_lock).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .errors import ConfigError
 from .io import atomic_path, save_image, save_json, save_text
 from .measure import environment
 from .metrics import paired_fidelity
+from .run_lock import output_lock
 from .paired import paired_comparisons
 from .report_md import fmt_seconds
 from .sampling import SamplingConfig
@@ -95,8 +98,12 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     base = sampling or SamplingConfig()
     sampling = SamplingConfig(cfg=base.cfg, tau=base.tau, top_p=base.top_p, seed=seed)
     sampling.validate(len(schedule))
-    out = prepare_out_dir(out_dir)
     say = on_progress or (lambda msg: None)
+    with output_lock(prepare_out_dir(out_dir), on_note=lambda m: say(f"note: {m}")) as out:
+        return _compare_all(pipeline, prompts, configs, seed, schedule, out, sampling, warmup, say)
+
+
+def _compare_all(pipeline, prompts, configs, seed, schedule, out, sampling, warmup, say) -> CompareReport:
     report = CompareReport(environment(pipeline), {
         "prompts": list(prompts), "configurations": [c.label for c in configs], "seed": seed,
         "schedule": schedule.describe(), "cfg": sampling.cfg, "tau": sampling.tau, "top_p": sampling.top_p,
@@ -109,11 +116,15 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
                 pass
         say(f"warm-up {w + 1}/{warmup} done")
     images: dict[tuple[int, str], np.ndarray] = {}
+
+    def add_row(row: dict) -> None:
+        report.rows.append(row)
+        _summarize(report, configs)
+        _write(report, out, final=False)
+
     try:
         for idx, prompt in enumerate(prompts):
-            _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, report, images, say)
-            _summarize(report, configs)
-            _write(report, out, final=False)
+            _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, add_row, images, say)
         report.status = "complete"
     except KeyboardInterrupt:
         report.status = "interrupted"
@@ -144,7 +155,7 @@ def _score(row: dict, image: np.ndarray, spec) -> None:
     row["score_categories"] = {k: bool(v) for k, v in verdicts.items()}
 
 
-def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, report, images, say) -> None:
+def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, add_row, images, say) -> None:
     ref = ref_row = None
     spec = toy_spec(prompt)
     for c in configs:
@@ -158,7 +169,7 @@ def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, rep
                 result, mem = _run_once(pipeline, [prompt], schedule, pruner, sampling)
         except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others
             row.update(status=f"failed: {_one_line(exc)}", image=None)
-            report.rows.append(row)
+            add_row(row)
             say(f"[{idx}] {c.label}: FAILED {row['status']}")
             if ref is None:  # without the dense reference nothing else can be compared
                 return
@@ -173,7 +184,7 @@ def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, rep
             _score(row, result.images[0], spec)
         save_image(out / name, result.images[0], {"prompt": prompt, "seed": str(sampling.seed), "record": result.record})
         images[(idx, c.label)] = result.images[0]
-        report.rows.append(row)
+        add_row(row)
         psnr = "inf" if row["identical"] else f"{row['psnr_db']:.2f}"
         say(f"[{idx}] {c.label}: {row['time_s']:.3f} s, PSNR {psnr} dB, SSIM {row['ssim']:.4f}")
 

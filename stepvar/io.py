@@ -64,20 +64,43 @@ def check_output_path(path: str | Path, suffixes: dict[str, str] | None = None) 
     return path
 
 
+def _write_image(tmp: Path, fmt: str, image_HW3: np.ndarray, metadata: dict | None) -> None:
+    img = Image.fromarray(np.ascontiguousarray(image_HW3), mode="RGB")
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in (metadata or {}).items():
+            info.add_text(f"stepvar:{key}", value if isinstance(value, str) else json.dumps(value))
+        img.save(tmp, format="PNG", pnginfo=info)
+    else:
+        img.save(tmp, format="JPEG", quality=95)
+
+
 def save_image(path: str | Path, image_HW3: np.ndarray, metadata: dict | None = None) -> Path:
     """PNG (with settings in text chunks) or JPEG, RGB, written atomically."""
     path = check_output_path(path, IMAGE_SUFFIXES)
-    fmt = IMAGE_SUFFIXES[path.suffix.lower()]
-    img = Image.fromarray(np.ascontiguousarray(image_HW3), mode="RGB")
     with atomic_path(path) as tmp:
-        if fmt == "PNG":
-            info = PngImagePlugin.PngInfo()
-            for key, value in (metadata or {}).items():
-                info.add_text(f"stepvar:{key}", value if isinstance(value, str) else json.dumps(value))
-            img.save(tmp, format="PNG", pnginfo=info)
-        else:
-            img.save(tmp, format="JPEG", quality=95)
+        _write_image(tmp, IMAGE_SUFFIXES[path.suffix.lower()], image_HW3, metadata)
     return path
+
+
+def sidecar_path(image_path: str | Path) -> Path:
+    return Path(image_path).with_suffix(".json")
+
+
+def check_image_outputs(path: str | Path) -> tuple[Path, Path]:
+    """The image path and its .json sidecar, both checked writable before any compute."""
+    path = check_output_path(path, IMAGE_SUFFIXES)
+    return path, check_output_path(sidecar_path(path))
+
+
+def save_image_with_sidecar(path: str | Path, image_HW3: np.ndarray, metadata: dict | None, record: dict) -> tuple[Path, Path]:
+    """The image and its .json sidecar: both are fully written to temporary files before either
+    is renamed into place, so a failure while writing leaves neither."""
+    path, side = check_image_outputs(path)
+    with atomic_path(side) as side_tmp, atomic_path(path) as tmp:
+        _write_image(tmp, IMAGE_SUFFIXES[path.suffix.lower()], image_HW3, metadata)
+        side_tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    return path, side
 
 
 def save_json(path: str | Path, data: dict) -> Path:

@@ -114,7 +114,7 @@ def generate(
     """Generate one image."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from stepvar.io import check_output_path, save_image, save_json, IMAGE_SUFFIXES
+    from stepvar.io import check_image_outputs, save_image_with_sidecar
     from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
     from stepvar.text import check_prompts
@@ -122,7 +122,7 @@ def generate(
     def body():
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
-        check_output_path(out_path, IMAGE_SUFFIXES)
+        check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
         sampling = sampling_options(model, cfg, tau, top_p, seed)
         pruner = _pruner(method, keep, keep_per_scale, first_scale)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
@@ -136,8 +136,7 @@ def generate(
             task = bar.add_task(f"{method} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
             result = pipe.generate([prompt], schedule, pruner, sampling, on_scale=lambda si, n: bar.update(task, completed=si + 1))
         record = result.record | {"output": str(out_path), "tokens_per_layer": result.sample.counter.total() // max(1, len(pipe.model.blocks))}
-        save_image(out_path, result.images[0], {"prompt": prompt, "seed": str(seed), "record": record})
-        sidecar = save_json(out_path.with_suffix(".json"), record)
+        _, sidecar = save_image_with_sidecar(out_path, result.images[0], {"prompt": prompt, "seed": str(seed), "record": record}, record)
         if as_json:
             print(json.dumps(record | {"sidecar": str(sidecar)}, default=str))
         else:
@@ -275,8 +274,11 @@ app.command("eval")(eval_cmd)
 
 
 def main() -> None:
+    from stepvar.interrupts import sigterm_as_interrupt
+
     try:
-        app()
+        with sigterm_as_interrupt():  # kill / timeout: the same clean stop as Ctrl-C (exit 130)
+            app()
     except SystemExit:
         raise
     except Exception as exc:  # an internal bug: still one line, but say it is ours

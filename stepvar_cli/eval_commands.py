@@ -88,7 +88,7 @@ def bench(
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
-    from stepvar.bench import prepare_out_dir, run_bench, write_bench_outputs
+    from stepvar.bench import check_out_dir, run_bench, save_bench_report
     from stepvar.report_md import bench_compact_rows
 
     def body():
@@ -102,7 +102,7 @@ def bench(
         if flops_only:
             report = _flops_only(model, resolution, methods_list, keeps, batch, text, aspect, sampling)
             if out_dir is not None:
-                write_bench_outputs(report, prepare_out_dir(out_dir), final=True)
+                save_bench_report(report, out_dir, on_note=lambda m: cli.err.print(f"note: {m}", highlight=False))
         else:
             from stepvar.bench import expand_configs
             from stepvar.pipeline import load_pipeline
@@ -111,7 +111,7 @@ def bench(
             res = _resolutions(resolution, load_model_preset(model or DEFAULT_MODEL).arch.default_budget)
             expand_configs(methods_list, keeps)
             if out_dir is not None:
-                prepare_out_dir(out_dir)
+                check_out_dir(out_dir)
             pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
             _note_untrained(pipe)
             try:
@@ -186,7 +186,7 @@ def compare(
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
-    from stepvar.bench import prepare_out_dir
+    from stepvar.bench import check_out_dir
     from stepvar.compare import run_compare
     from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
@@ -199,7 +199,7 @@ def compare(
         sampling = _sampling(model, cfg, tau, top_p, seed)
         if warmup < 0:
             cli.fail(f"--warmup must be >= 0, got {warmup}")
-        prepare_out_dir(out_dir)
+        check_out_dir(out_dir)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
         schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
         _note_untrained(pipe)

@@ -31,13 +31,21 @@ def _optim(default, lr: float | None, warmup: int | None, decay: int | None, ste
 
     from stepvar.training.common import OptimConfig
 
-    stored = resume_dir / "config.json" if resume_dir is not None else None
-    if stored is not None and stored.is_file():
-        base = OptimConfig(**json.loads(stored.read_text())["optim"])
+    from stepvar.training.common import read_run_config
+
+    stored = read_run_config(resume_dir) if resume_dir is not None else None
+    if stored is not None and isinstance(stored.get("optim"), dict):
+        base = OptimConfig(**stored["optim"])
     else:
         base = replace(default, warmup_steps=min(default.warmup_steps, max(1, steps // 10)), decay_steps=steps)
     return replace(base, lr=base.lr if lr is None else lr, warmup_steps=base.warmup_steps if warmup is None else warmup,
                    decay_steps=base.decay_steps if decay is None else decay)
+
+
+def _note_printer():
+    from .app import err
+
+    return lambda msg: err.print(f"note: {msg}", highlight=False, markup=False)
 
 
 def _log_printer(as_json: bool):
@@ -70,7 +78,8 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
                              object_weight=object_weight)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
-        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
+        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json),
+                        on_note=_note_printer())
         out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
 
     run_guarded(body)
@@ -103,7 +112,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                              form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
-                                on_log=_log_printer(as_json))
+                                on_log=_log_printer(as_json), on_note=_note_printer())
         out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
 
     run_guarded(body)

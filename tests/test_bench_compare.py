@@ -131,12 +131,39 @@ def test_interrupt_keeps_rows_already_measured(tmp_path, monkeypatch):
 
 def test_on_row_is_called_as_rows_are_measured(tiny_pipe, tmp_path):
     seen = []
-    report = bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5, 1.0], repeats=1, warmup=0,
-                                 on_row=lambda row: seen.append(json.loads((tmp_path / "report.json").read_text())),
+
+    def on_row(row):
+        in_file = {r["label"]: r["status"] for r in json.loads((tmp_path / "report.json").read_text())["results"]}
+        seen.append((row["label"], in_file[row["label"]]))
+
+    report = bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5, 1.0], repeats=1, warmup=0, on_row=on_row,
                                  out_dir=tmp_path)
-    assert [len(s["results"]) for s in seen] == [1, 2, 3]  # the file holds each row when on_row hears of it
+    assert seen == [("dense", "ok"), ("stepvar@0.5", "ok"), ("stepvar@1", "ok")]  # on disk when on_row hears of it
     keep1 = report.rows[2]
     assert keep1["label"] == "stepvar@1" and keep1["flop_speedup_bound"] == pytest.approx(1.0)
+
+
+def test_every_timed_run_is_on_disk_before_the_next_starts(tiny_pipe, tmp_path, monkeypatch):
+    # What a SIGKILL at any moment would leave: the file as it stands when the next run begins.
+    snapshots, real = [], bench_mod._run_once
+
+    def spy(*args):
+        path = tmp_path / "report.json"
+        rows = json.loads(path.read_text())["results"] if path.exists() else []
+        snapshots.append([(r["label"], r["status"], len(r["latency_runs"])) for r in rows])
+        return real(*args)
+
+    monkeypatch.setattr(bench_mod, "_run_once", spy)
+    bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5], repeats=2, warmup=0, out_dir=tmp_path)
+    # Round 1 runs dense then stepvar@0.5; round 2 runs them in reverse order.
+    assert snapshots == [
+        [],
+        [("dense", "partial: 1/2 timed runs", 1)],
+        [("dense", "partial: 1/2 timed runs", 1), ("stepvar@0.5", "partial: 1/2 timed runs", 1)],
+        [("dense", "partial: 1/2 timed runs", 1), ("stepvar@0.5", "partial: 2/2 timed runs", 2)]]
+    final = json.loads((tmp_path / "report.json").read_text())
+    assert final["status"] == "complete" and [r["status"] for r in final["results"]] == ["ok", "ok"]
+    assert validate_rows(final["results"], documented_row_types()) == []
 
 
 def test_expand_configs_rules():

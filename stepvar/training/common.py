@@ -12,6 +12,9 @@ Out directory layout:
     checkpoint.pt   the latest training state (modules, optimizer, step, RNG, config)
     config.json     the run's configuration (written at start)
     log.jsonl       one JSON object per logged window: step, metrics, seconds per step, elapsed
+
+checkpoint.pt and config.json are replaced atomically (stepvar.io.atomic_path), so a kill never
+tears them; a kill while a log line is appended can tear that line, and a resume drops it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .. import __version__
 from ..devices import resolve_device  # noqa: F401  (re-exported for the trainers)
 from ..errors import CheckpointError, ConfigError, StepvarError
 from ..io import atomic_path
+from ..run_lock import output_lock
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -206,17 +210,45 @@ def read_training_checkpoint(path: str | os.PathLike, kind: str | None = None, p
     return ckpt
 
 
+def _log_record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step", 0), int) else None
+
+
 class JsonlLog:
-    """Append-only JSON-lines log; on resume, lines past the checkpoint's step are dropped."""
+    """Append-only JSON-lines log; on resume, lines past the checkpoint's step are dropped.
+
+    A kill during an append leaves a torn last line: that is expected, so it is dropped (and
+    said), as is any other line that is not a log record. The log never stops a resume.
+    """
 
     def __init__(self, path: Path):
         self.path = path
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int) -> list[str]:
+        """Keep the records up to `step`, rewritten atomically; returns notes on what was dropped."""
         if not self.path.is_file():
-            return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+            return []
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        keep, torn = [], []
+        for i, ln in enumerate(lines):
+            if not ln.strip():
+                continue
+            record = _log_record(ln)
+            if record is None:
+                torn.append(i + 1)
+            elif record.get("step", 0) <= step:
+                keep.append(ln)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+        if not torn:
+            return []
+        if torn == [len(lines)]:
+            return [f"{self.path}: dropped its torn last line (the run was stopped while writing it)"]
+        return [f"{self.path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn[:5]))})"]
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -295,16 +327,48 @@ class TrainResult:
         return [h["loss"] for h in self.history]
 
 
+def read_run_config(run_dir: str | os.PathLike) -> dict | None:
+    """The configuration a run directory was started with: config.json, or, where that file is
+    missing or unreadable (torn by a kill before it was written atomically), the checkpoint's."""
+    run_dir = Path(run_dir)
+    try:
+        config = json.loads((run_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+        if isinstance(config, dict):
+            return config
+    except (OSError, ValueError):
+        pass
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        return None
+    ckpt = read_training_checkpoint(run_dir)
+    return {"kind": ckpt["kind"], **ckpt["config"]}
+
+
+def _make_run_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StepvarError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StepvarError(f"cannot create run directory {out}: {exc.strerror}") from None
+
+
 def run_job(job: Job, out_dir: str | os.PathLike, steps: int, resume: bool | str | os.PathLike = False,
             ckpt_every: int = 500, log_every: int = 10,
-            on_log: Callable[[dict], None] | None = None) -> TrainResult:
+            on_log: Callable[[dict], None] | None = None, on_note: Callable[[str], None] | None = None) -> TrainResult:
     """Train until `steps` updates in total are done; resume=True / 'auto' / a checkpoint path.
 
     resume=False refuses an out_dir that already holds a checkpoint (nothing is overwritten by
-    accident); 'auto' resumes when there is one and starts fresh otherwise.
+    accident); 'auto' resumes when there is one and starts fresh otherwise. One run at a time
+    writes a directory (stepvar.run_lock); `on_note` hears what was repaired (a stale lock, a
+    torn log line).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(out)
+    with output_lock(out, on_note=on_note):
+        return _run_locked(job, out, steps, resume, ckpt_every, log_every, on_log, on_note or (lambda msg: None))
+
+
+def _run_locked(job: Job, out: Path, steps: int, resume, ckpt_every: int, log_every: int, on_log, say) -> TrainResult:
     ckpt_path, log = out / CHECKPOINT_NAME, JsonlLog(out / LOG_NAME)
     start = 0
     if resume == "auto":
@@ -312,12 +376,15 @@ def run_job(job: Job, out_dir: str | os.PathLike, steps: int, resume: bool | str
     if resume:
         src = ckpt_path if resume is True else Path(resume)
         start = job.load_state_dict(read_training_checkpoint(src), src)
-        log.truncate_after(start)
+        notes = log.truncate_after(start)
     elif ckpt_path.is_file():
         raise StepvarError(f"{out} already holds a training checkpoint; resume it or choose another directory")
     else:
-        log.truncate_after(0)
-    (out / CONFIG_NAME).write_text(json.dumps({"kind": job.kind, **job.config_dict()}, indent=2) + "\n")
+        notes = log.truncate_after(0)
+    for note in notes:
+        say(note)
+    with atomic_path(out / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps({"kind": job.kind, **job.config_dict()}, indent=2) + "\n", encoding="utf-8")
 
     history, window, t_start = [], [], time.perf_counter()
     for step in range(start, steps):

@@ -32,8 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic_dir import atomic_directory
 from ..errors import CheckpointError, ConfigError
 from ..loading.containers import save_checkpoint
+from ..loading.export_check import HASH_FIELD, check_export_hashes, export_hashes
+from ..run_lock import output_lock
 from ..models.bsq_vae import BSQVAE, VAEConfig
 from ..models.config import InfinityConfig
 from ..models.infinity import Infinity
@@ -311,13 +314,14 @@ def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
 
 def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps: int,
                       vae: BSQVAE | str | os.PathLike, resume: bool | str | os.PathLike = False,
-                      on_log: Callable[[dict], None] | None = None) -> TrainResult:
+                      on_log: Callable[[dict], None] | None = None,
+                      on_note: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) the transformer + text encoder against a frozen VAE until `steps` updates.
 
     `vae`: a BSQVAE, or a VAE training checkpoint / run directory (train_vae's output).
     """
     job = GPTJob(config, _as_vae(vae))
-    return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
+    return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log, on_note)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,22 +342,42 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
     The files are plain state dicts in safetensors, loadable with stepvar.loading's strict loaders
     (load_model_weights, load_vae_weights) and ToyTextEncoder.load_state_dict.
+    An existing `out_dir` is replaced whole or not at all (stepvar.atomic_dir), and model.json
+    records each file's SHA-256 so that a mixed directory is refused when loaded.
     """
     ckpt = read_training_checkpoint(checkpoint, "transformer", "export")
     if vae is not None:
         ckpt["modules"]["vae"] = _same_encoder_vae(ckpt["modules"]["vae"], vae)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, fname in EXPORT_FILES.items():
-        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ckpt["modules"][name].items()}
-        save_checkpoint(sd, out / fname, "safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg = ckpt["config"]
     meta = {"arch": cfg["arch"], "vae": cfg["vae"], "text": cfg["text"], "budget": cfg["budget"],
             "trained_steps": ckpt["step"] + cfg.get("prior_steps", 0), "run_steps": ckpt["step"], "seed": cfg["seed"],
             "layout": cfg.get("layout", "free"), "stepvar_version": ckpt["stepvar_version"],
             "dtype": str(dtype).replace("torch.", ""), "files": EXPORT_FILES}
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with output_lock(out.parent, out.name):
+        _check_replaceable(out)
+        with atomic_directory(out) as new:
+            _write_export(ckpt["modules"], new, dtype, meta)
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """An export replaces its directory whole: refuse one that holds anything an export does not write."""
+    if not out.is_dir():
+        return
+    ours = {"model.json", *EXPORT_FILES.values()}
+    other = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if other:
+        raise ConfigError(f"{out} holds files an export does not write ({', '.join(other[:3])}); an export replaces "
+                          "its directory whole, so give an empty or new directory, or an earlier export")
+
+
+def _write_export(modules: dict, new: Path, dtype: torch.dtype, meta: dict) -> None:
+    for name, fname in EXPORT_FILES.items():
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in modules[name].items()}
+        save_checkpoint(sd, new / fname, "safetensors")
+    (new / "model.json").write_text(json.dumps({**meta, HASH_FIELD: export_hashes(new, EXPORT_FILES)}, indent=2) + "\n")
 
 
 def _same_encoder_vae(trained_on: dict, path: str | os.PathLike) -> dict:
@@ -371,6 +395,7 @@ def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cp
 
     d = Path(directory)
     meta = json.loads((d / "model.json").read_text())
+    check_export_hashes(d, meta, EXPORT_FILES)
     arch = InfinityConfig(**meta["arch"])
     model = Infinity(arch)
     load_model_weights(model, d / EXPORT_FILES["transformer"])

@@ -160,10 +160,11 @@ class VAEJob(Job):
 
 
 def train_vae(config: VAETrainConfig, out_dir: str | os.PathLike, steps: int,
-              resume: bool | str | os.PathLike = False, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+              resume: bool | str | os.PathLike = False, on_log: Callable[[dict], None] | None = None,
+              on_note: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume training) the VAE until `steps` updates in total; checkpoints go to out_dir."""
     job = VAEJob(config)
-    return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
+    return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log, on_note)
 
 
 def load_trained_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> BSQVAE:
