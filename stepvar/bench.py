@@ -35,7 +35,7 @@ from .flops import decode_flops, plan_flops, planned_counts, result_flops, rows_
 from .io import save_json, save_text
 from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment, peak_memory
 from .pruning.base import check_keep
-from .run_lock import output_lock
+from .run_lock import check_unlocked, output_lock
 from .pruning.registry import make_pruner_from_spec, method_preset, parse_method_spec
 from .sampling import SamplingConfig
 from .schedules import ScaleSchedule, schedule_for
@@ -478,6 +478,8 @@ def check_out_dir(path: str | Path) -> Path:
         raise StepvarError(f"cannot create output directory {path}: {existing} is not a directory")
     if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
         raise StepvarError(f"output directory is not writable: {existing}")
+    if path.is_dir():
+        check_unlocked(path)
     return path
 
 

@@ -93,6 +93,34 @@ def _acquire_pid_only(lock: Path, what: str) -> tuple[int, int | None]:  # pragm
     raise OutputLocked(f"{what}: could not take its lock {lock}")
 
 
+def check_unlocked(directory: str | os.PathLike, name: str | None = None) -> None:
+    """Refuse early (before any work) an output a live run holds; takes nothing."""
+    directory = Path(directory)
+    lock = directory / (LOCK_NAME if name is None else f".{name}.lock")
+    what = str(directory if name is None else directory / name)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or none we can read): output_lock decides when the run starts
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                held = True
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                held = False
+        else:  # pragma: no cover - not POSIX
+            pid = _read_pid(lock)
+            held = pid is not None and _pid_running(pid)
+    finally:
+        os.close(fd)
+    if held:
+        raise OutputLocked(f"{what} is being written by another stepvar run (pid {_read_pid(lock) or '?'}); "
+                           "wait for it to finish or choose another output")
+
+
 def remove_stale_temporaries(directory: Path, stem: str | None = None) -> list[Path]:
     """Delete the temporaries a killed writer left in `directory` (call only while holding its lock).
 
