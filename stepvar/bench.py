@@ -35,8 +35,8 @@ from .flops import decode_flops, plan_flops, planned_counts, result_flops, rows_
 from .io import save_json, save_text
 from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment, peak_memory
 from .pruning.base import check_keep
-from .run_lock import check_unlocked, output_lock
 from .pruning.registry import make_pruner_from_spec, method_preset, parse_method_spec
+from .run_lock import check_unlocked, output_lock
 from .sampling import SamplingConfig
 from .schedules import ScaleSchedule, schedule_for
 
