@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
 LOCK_NAME = ".stepvar.lock"
+_PROBE_RETRIES = 5
 # What atomic_path and atomic_directory name their temporaries: "." + name + "." + mkstemp's 8 characters.
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new|old)$")
 
@@ -57,12 +59,21 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
+def _flock_briefly(fd: int) -> bool:
+    """Take the exclusive lock, retrying for a moment: check_unlocked's probe holds it for microseconds."""
+    for attempt in range(_PROBE_RETRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            time.sleep(0.01 * (attempt + 1))
+    return False
+
+
 def _acquire_flock(lock: Path, what: str) -> tuple[int, int | None]:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _flock_briefly(fd):
             os.close(fd)
             holder = _read_pid(lock)
             raise OutputLocked(f"{what} is being written by another stepvar run (pid {holder or '?'}); "
