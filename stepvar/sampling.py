@@ -207,7 +207,7 @@ def sample(
             h_BLC = pruner.run_scale(run)
             logits = model.logits(h_BLC, cond.cond_BD) / taus[si]
             if use_cfg:
-                logits = cfgs[si] * logits[:B] + (1 - cfgs[si]) * logits[B:]
+                logits = model.guide(logits[:B], logits[B:], cfgs[si])
             bits = sample_bits(logits, sampling.top_p, generators).view(B, scale.h, scale.w, -1)
             if forced_bits is not None and si < len(forced_bits):
                 bits = forced_bits[si].to(bits)

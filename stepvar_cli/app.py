@@ -239,7 +239,7 @@ def overhead(
     as_json: JsonOpt = False,
 ) -> None:
     """Time StepVAR's selection + propagation against the dense block stack of the same scale."""
-    from stepvar.overhead import measure_selection_overhead
+    from stepvar.eval.overhead import measure_selection_overhead
     from stepvar.devices import resolve_device
     from stepvar.schedules import RESOLUTIONS
 

@@ -1,4 +1,4 @@
-"""`stepvar bench` and `stepvar compare`: option parsing and printing around stepvar.bench / stepvar.compare.
+"""`stepvar bench` and `stepvar compare`: option parsing and printing around stepvar.eval.bench / stepvar.eval.compare.
 
 Registered on the app at the bottom of stepvar_cli/app.py. The shared option aliases are
 imported from app.py at the END of this module: annotations are strings here (resolved by
@@ -88,8 +88,8 @@ def bench(
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
-    from stepvar.bench import prepare_out_dir, run_bench, write_bench_outputs
-    from stepvar.report_md import bench_compact_rows
+    from stepvar.eval.bench import prepare_out_dir, run_bench, write_bench_outputs
+    from stepvar.eval.report_md import bench_compact_rows
 
     def body():
         keeps = _keeps(keep)
@@ -104,7 +104,7 @@ def bench(
             if out_dir is not None:
                 write_bench_outputs(report, prepare_out_dir(out_dir), final=True)
         else:
-            from stepvar.bench import expand_configs
+            from stepvar.eval.bench import expand_configs
             from stepvar.pipeline import load_pipeline
 
             # Everything that can be checked without weights is checked before they load.
@@ -143,7 +143,7 @@ def _bench_title(report) -> str:
 
 
 def _memory_kind(rows: list[dict]) -> str:
-    from stepvar.report_md import MEMORY_KINDS
+    from stepvar.eval.report_md import MEMORY_KINDS
 
     kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
     return "; ".join(MEMORY_KINDS.get(k, k) for k in kinds) or "not measured"
@@ -156,7 +156,7 @@ def _split(methods: str) -> list[str]:
 
 
 def _flops_only(model, resolution, methods_list, keeps, batch, prompt, aspect, sampling):
-    from stepvar.bench import plan_bench
+    from stepvar.eval.bench import plan_bench
     from stepvar.models.config import load_model_preset
     from stepvar.pipeline import DEFAULT_MODEL
 
@@ -186,11 +186,11 @@ def compare(
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
-    from stepvar.bench import prepare_out_dir
-    from stepvar.compare import run_compare
+    from stepvar.eval.bench import prepare_out_dir
+    from stepvar.eval.compare import run_compare
     from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
-    from stepvar.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
+    from stepvar.eval.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
 
     def body():
         prompts = _read_prompts(prompt, prompts_file)

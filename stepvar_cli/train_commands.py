@@ -1,4 +1,4 @@
-"""`stepvar train ...` and `stepvar eval`: thin adapters over stepvar.training and stepvar.evaluate."""
+"""`stepvar train ...` and `stepvar eval`: thin adapters over stepvar.training and stepvar.eval.evaluate."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def eval_cmd(
 ) -> None:
     """Score images GenEval-style on the toy world: object, count, colour, position."""
     from stepvar.errors import StepvarError
-    from stepvar.evaluate import evaluate_image_dir, evaluate_pipeline
+    from stepvar.eval.evaluate import evaluate_image_dir, evaluate_pipeline
     from stepvar.toy.evaluator import load_prompts
 
     from .app import _pruner, err, out, run_guarded, sampling_options

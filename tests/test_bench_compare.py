@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import stepvar.bench as bench_mod
-from stepvar.bench import ROW_FIELDS, ROW_REQUIRED, expand_configs, validate_rows
+import stepvar.eval.bench as bench_mod
+from stepvar.eval.bench import ROW_FIELDS, ROW_REQUIRED, expand_configs, validate_rows
 from stepvar.errors import ConfigError
-from stepvar.flops import plan_flops, result_flops, rows_per_scale
-from stepvar.metrics import latent_cosine, paired_fidelity, psnr, ssim, token_agreement
+from stepvar.eval.flops import plan_flops, result_flops, rows_per_scale
+from stepvar.eval.metrics import latent_cosine, paired_fidelity, psnr, ssim, token_agreement
 from stepvar.pruning.registry import make_pruner
 from stepvar.sampling import SamplingConfig
 from stepvar.schedules import schedule_for
@@ -303,7 +303,7 @@ def test_paired_fidelity_of_identical_runs(tiny_pipe):
 
 
 def test_paired_difference_brute_force():
-    from stepvar.paired import paired_comparisons, paired_difference
+    from stepvar.eval.paired import paired_comparisons, paired_difference
 
     def row(label, i, psnr, keep=0.4, status="ok", method="m"):
         return {"label": label, "prompt_index": i, "psnr_db": psnr, "ssim": None, "score": None, "keep": keep,

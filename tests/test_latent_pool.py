@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from stepvar.errors import CheckpointError, ConfigError
 from stepvar.models.config import load_model_preset
-from stepvar.pipeline import embedded_dir
+from stepvar.loading.embedded import embedded_dir
 from stepvar.training import train_transformer, train_vae
 from stepvar.training.data import sample_pairs, to_model_images
 from stepvar.training.latent_pool import build_latent_pool, load_latent_pool, save_latent_pool

@@ -54,8 +54,8 @@ def test_fastvar_release_counts_at_1024():
     sched = get_schedule("1M", 1.0)
     fv = make_pruner("fastvar")
     fv.begin(sched, 32)
-    assert fv.plan.keep == {9: 0.6, 10: 0.5}
-    assert (fv.plan.first_layer, fv.plan.end_layer) == (3, 28)
+    assert fv.active_plan.keep == {9: 0.6, 10: 0.5}
+    assert fv.active_plan.layers == (3, 28)
     assert fv.cache_si == 8 and not fv.skips(11)
     from stepvar.pruning.scores import keep_count
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepvar.errors import CheckpointError, ConfigError, StepvarError
+from stepvar.preset_registry import load_preset, preset_names
 
 # The official model uses eps 1e-6 in every GroupNorm, not PyTorch's default 1e-5.
 _NORM_EPS = 1e-6
@@ -72,18 +73,18 @@ class VAEConfig:
         return 2 * self.stride if self.patchify else self.stride
 
 
-VAE_PRESETS: dict[str, VAEConfig] = {
-    "d16": VAEConfig(codebook_dim=16),
-    "d24": VAEConfig(codebook_dim=24),
-    "d32": VAEConfig(codebook_dim=32),
-    "d64": VAEConfig(codebook_dim=64),
-    "d32reg": VAEConfig(codebook_dim=32),
-    # vae_type 14, patch 8; named after the 56 bits the 8B transformer sees per token (§10).
-    "d56_patchify": VAEConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4), patchify=True),
-    # Small stride-16 VAEs for tests and for the project's own models (not official files).
-    "tiny": VAEConfig(codebook_dim=8, base_ch=16, ch_mult=(1, 1, 2, 2, 2), num_res_blocks=1, groups=8),
-    "toy": VAEConfig(codebook_dim=16, base_ch=16, ch_mult=(1, 2, 2, 4, 4), num_res_blocks=1, groups=8),
-}
+def load_vae_preset(name: str) -> VAEConfig:
+    """A VAE preset (presets/vaes/<name>.yaml) as a VAEConfig."""
+    data = load_preset("vaes", name)
+    data.pop("description", None)
+    try:
+        return VAEConfig(**data)
+    except TypeError as exc:
+        raise ConfigError(f"VAE preset {name}: {exc}") from None
+
+
+# Every VAE preset by name, read once: the official VAEs and the project's small stride-16 ones.
+VAE_PRESETS: dict[str, VAEConfig] = {name: load_vae_preset(name) for name in preset_names("vaes")}
 
 # Official file stems -> preset. The scripts spell the 2B VAE "d32_reg", the release "d32reg" (§3).
 _VAE_FILE_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-
-import yaml
 
 from ..errors import ConfigError
+from ..preset_registry import load_preset, preset_names, preset_path
 
 
 @dataclass
@@ -80,18 +77,6 @@ class InfinityConfig:
         return dataclasses.asdict(self)
 
 
-def _preset_root() -> Path:
-    return Path(str(resources.files("stepvar.presets")))
-
-
-def _load_yaml(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a preset must be a YAML mapping")
-    return data
-
-
 @dataclass
 class ModelPreset:
     """A named model: architecture, paired VAE, text encoder kind, and where weights come from."""
@@ -109,17 +94,14 @@ class ModelPreset:
 
 
 def list_model_presets() -> list[str]:
-    return sorted(p.stem for p in (_preset_root() / "models").glob("*.yaml"))
+    return preset_names("models")
 
 
 def load_model_preset(name: str) -> ModelPreset:
-    path = _preset_root() / "models" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(list_model_presets())}")
-    data = _load_yaml(path)
+    data = load_preset("models", name)
     arch = data.pop("arch", {})
     try:
         cfg = InfinityConfig(name=name, **arch)
         return ModelPreset(name=name, arch=cfg, **data)
     except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{preset_path('models', name)}: {exc}") from None

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..loading.containers import save_checkpoint
+from ..loading.embedded import EXPORT_FILES, load_embedded
 from ..models.bsq_vae import BSQVAE, VAEConfig
 from ..models.config import InfinityConfig
 from ..models.infinity import Infinity
@@ -324,8 +325,6 @@ def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps:
 # Export for shipping (the embedded model)
 # --------------------------------------------------------------------------------------------------
 
-EXPORT_FILES = {"transformer": "transformer.safetensors", "vae": "vae.safetensors",
-                "text_encoder": "text_encoder.safetensors"}
 
 
 def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -363,26 +362,3 @@ def _same_encoder_vae(trained_on: dict, path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: its encoder differs from the one the transformer was trained on; "
                               "only a decoder-only fine-tune of that VAE can replace it")
     return new
-
-
-def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cpu"):
-    """(Infinity, BSQVAE, ToyTextEncoder) from an export_embedded directory, fp32, eval mode, trained."""
-    from ..loading.checkpoints import load_model_weights, load_vae_weights
-
-    d = Path(directory)
-    meta = json.loads((d / "model.json").read_text())
-    arch = InfinityConfig(**meta["arch"])
-    model = Infinity(arch)
-    load_model_weights(model, d / EXPORT_FILES["transformer"])
-    vae = BSQVAE(VAEConfig(**meta["vae"]))
-    load_vae_weights(vae, d / EXPORT_FILES["vae"])
-    text = ToyTextEncoder(ToyTextConfig(**{"mirror_relations": False, **meta["text"]}))  # older exports: unmirrored
-    from safetensors.torch import load_file
-
-    text.load_state_dict({k: v.float() for k, v in load_file(str(d / EXPORT_FILES["text_encoder"])).items()})
-    text.trained = True
-    for m in (model, vae, text):
-        m.float().to(device).eval()
-    model.init_buffers(device)
-    return model, vae, text
-

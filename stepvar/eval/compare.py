@@ -19,14 +19,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .bench import BenchConfig, _one_line, _run_once, _scalar_keep, expand_configs, prepare_out_dir
-from .errors import ConfigError
-from .io import atomic_path, save_image, save_json, save_text
+from ..errors import ConfigError
+from ..io import atomic_path, save_image, save_json, save_text
 from .measure import environment
 from .metrics import paired_fidelity
 from .paired import paired_comparisons
 from .report_md import fmt_seconds
-from .sampling import SamplingConfig
-from .schedules import ScaleSchedule
+from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule
 
 GRID_TILE = 256  # px: grid tiles are downscaled to at most this side
 GRID_MAX_PROMPTS = 8  # grid rows; every image is still written on its own
@@ -126,8 +126,8 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
 
 def toy_spec(prompt: str):
     """The prompt's parse in the toy world's grammar, or None: only such prompts can be scored."""
-    from .errors import StepvarError
-    from .toy.grammar import parse
+    from ..errors import StepvarError
+    from ..toy.grammar import parse
 
     try:
         return parse(prompt)
@@ -137,7 +137,7 @@ def toy_spec(prompt: str):
 
 def _score(row: dict, image: np.ndarray, spec) -> None:
     """The evaluator's verdicts for this image: score = 1.0 when every requirement holds."""
-    from .toy.evaluator import score
+    from ..toy.evaluator import score
 
     verdicts = score(image, spec)
     row["score"] = float(verdicts.pop("overall"))

@@ -7,7 +7,7 @@ Protocol (docs/bench_schema.md has the report schema):
    so slow drift of the machine hits all methods alike and ratios stay meaningful.
 3. Each run is one Pipeline.generate() call (same prompts, same seed); its own timings give
    text, transformer loop (with per-scale times) and decode, synchronised on CUDA. Peak memory
-   is reset before each run (stepvar.measure says what is measured on which device).
+   is reset before each run (stepvar.eval.measure says what is measured on which device).
 4. When a resolution's rounds end, its rows are appended and report.json / report.csv are
    rewritten atomically, so an interrupted bench keeps every finished row. A configuration
    that raises is recorded as a failed row at once and left out of later rounds.
@@ -27,14 +27,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .flops import decode_flops, plan_flops, planned_counts, result_flops, rows_per_scale
-from .io import save_json, save_text
+from ..io import save_json, save_text
 from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment, peak_memory
-from .pruning.base import check_keep
-from .pruning.registry import make_pruner_from_spec, method_preset, parse_method_spec
-from .sampling import SamplingConfig
-from .schedules import ScaleSchedule, schedule_for
+from ..pruning.base import check_keep
+from ..pruning.registry import make_pruner_from_spec, method_preset, parse_method_spec
+from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule, schedule_for
 
 SCHEMA_VERSION = 1
 
@@ -405,10 +405,10 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
                batch: int = 1, prompts: Sequence[str] = ("a lighthouse at dawn",), aspect: str = "1:1",
                sampling: SamplingConfig | None = None) -> BenchReport:
     """FLOP rows without running anything (--flops-only): any architecture, on any machine."""
-    from .models.bsq_vae import VAE_PRESETS
-    from .models.config import load_model_preset
-    from .sampling import LatentCodec
-    from .text import HashTextEncoder
+    from ..models.bsq_vae import VAE_PRESETS
+    from ..models.config import load_model_preset
+    from ..sampling import LatentCodec
+    from ..text import HashTextEncoder
 
     preset = load_model_preset(preset_name)
     arch, vae_cfg = preset.arch, VAE_PRESETS[preset.arch.vae]
@@ -445,7 +445,7 @@ def prepare_out_dir(path: str | Path) -> Path:
     """Create the output directory (and parents) and check it is writable, before any compute."""
     import os
 
-    from .errors import StepvarError
+    from ..errors import StepvarError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
