@@ -19,14 +19,13 @@ from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, StepvarError
 from .loading.embedded import embedded_dir, load_embedded_preset
 from .models.bsq_vae import VAE_PRESETS, BSQVAE
-from .models.config import ModelPreset, load_model_preset
+from .models.config import DEFAULT_MODEL, ModelPreset, load_model_preset  # noqa: F401  (DEFAULT_MODEL: part of this API)
 from .models.infinity import Infinity
 from .pruning.base import Dense, Pruner
 from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint8
 from .schedules import ScaleSchedule, get_schedule
 from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
 
-DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
 
 
 @dataclass
@@ -130,7 +129,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
     --text-encoder pointing at local files.
     """
-    preset = load_model_preset(model or DEFAULT_MODEL)
+    preset = load_model_preset(model)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}

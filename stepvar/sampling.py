@@ -43,6 +43,14 @@ class SamplingConfig:
         return cls(cfg=base.cfg if cfg is None else cfg, tau=base.tau if tau is None else tau,
                    top_p=base.top_p if top_p is None else top_p, seed=seed)
 
+    @classmethod
+    def for_preset(cls, model: str | None = None, cfg=None, tau=None, top_p: float | None = None,
+                   seed: int | None = 0) -> "SamplingConfig":
+        """for_model with the named model preset's sampling defaults (None: the default model)."""
+        from .models.config import load_model_preset
+
+        return cls.for_model(load_model_preset(model).sampling, cfg, tau, top_p, seed)
+
     def per_scale(self, name: str, n: int) -> list[float]:
         value = getattr(self, name)
         values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]

@@ -180,6 +180,22 @@ class ScaleSchedule:
         }
 
 
+def resolution_for_budget(budget: str) -> int:
+    """The nominal resolution of a pixel budget ("0.06M" -> 256): a model's own resolution."""
+    for resolution, name in RESOLUTIONS.items():
+        if name == budget:
+            return resolution
+    raise ConfigError(f"unknown pixel budget {budget!r}; known: {', '.join(RESOLUTIONS.values())}")
+
+
+def check_resolutions(values: list[int]) -> list[int]:
+    """Distinct resolutions in order; each must have a schedule."""
+    bad = [v for v in values if v not in RESOLUTIONS]
+    if not values or bad:
+        raise ConfigError(f"resolution must be one or more of {', '.join(map(str, RESOLUTIONS))}, got {values}")
+    return list(dict.fromkeys(values))
+
+
 def get_schedule(budget: str = "1M", template: float = 1.0, token_stride: int = 16) -> ScaleSchedule:
     """The official schedule for a budget ('0.06M', '0.25M', '0.60M', '1M', '2K') and template."""
     if template not in TEMPLATES_1M:
@@ -233,3 +249,18 @@ def parse_size(text: str) -> tuple[int, int]:
         return w, h
     except ValueError:
         raise ConfigError(f"--size must look like WIDTHxHEIGHT (e.g. 1024x768), got {text!r}") from None
+
+
+def choose_schedule(resolution: int | None, aspect: str | None, size: str | None, default_budget: str,
+                    token_stride: int = 16) -> ScaleSchedule:
+    """The schedule of a request: size (WxH) if given; else resolution (with aspect); else the model's own
+    pixel budget at aspect."""
+    if size is not None:
+        if resolution is not None:
+            raise ConfigError("give either size or resolution, not both")
+        w, h = parse_size(size)
+        return schedule_for_size(w, h, token_stride)
+    if resolution is None:
+        resolution_for_budget(default_budget)  # an unknown budget fails here, naming the known ones
+        return get_schedule(default_budget, nearest_template(parse_aspect(aspect or "1:1")), token_stride)
+    return schedule_for(resolution, aspect or "1:1", token_stride)

@@ -1,7 +1,7 @@
 import pytest
 
 from stepvar.errors import ConfigError
-from stepvar.options import choose_schedule
+from stepvar.schedules import choose_schedule
 from stepvar.schedules import (TEMPLATE_ORDER, get_schedule, nearest_template, parse_aspect, schedule_for,
                                schedule_for_size)
 

@@ -276,9 +276,9 @@ def test_transformer_continues_from_an_export(tmp_path):
     for k, v in shipped.state_dict().items():
         assert torch.equal(job.model.state_dict()[k], v), k
     assert all(torch.equal(job.text_encoder.state_dict()[k], v) for k, v in text.state_dict().items())
-    from stepvar.training.train_gpt import _as_vae
+    from stepvar.training.train_gpt import as_vae
 
-    vae_sd = _as_vae(out).state_dict()  # `train gpt --vae EXPORT_DIR` freezes the shipped VAE
+    vae_sd = as_vae(out).state_dict()  # `train gpt --vae EXPORT_DIR` freezes the shipped VAE
     assert all(torch.equal(vae_sd[k], v) for k, v in load_embedded(out)[1].state_dict().items())
     with pytest.raises(ConfigError, match="do not fit"):
         GPTJob(tiny_gpt_cfg(init_from=str(out), arch=InfinityConfig(**{**tiny_arch().__dict__, "depth": 4, "block_chunks": 1})),

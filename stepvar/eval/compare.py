@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import BenchConfig, _one_line, _run_once, _scalar_keep, expand_configs, prepare_out_dir
+from .runs import BenchConfig, expand_configs, one_line_error, prepare_out_dir, run_once, scalar_keep
 from ..errors import ConfigError
 from ..io import atomic_path, save_image, save_json, save_text
 from .measure import environment
@@ -57,7 +57,7 @@ def image_name(prompt_index: int, config: BenchConfig) -> str:
 
 def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: str | None) -> dict:
     return {"prompt_index": idx, "prompt": prompt, "method": config.spec, "label": config.label,
-            "keep": _scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
+            "keep": scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
             "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
             "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None, "score": None,
@@ -104,7 +104,7 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     for w in range(warmup):
         for c in configs:
             try:
-                _run_once(pipeline, [prompts[0]], schedule, c.pruner(), sampling)
+                run_once(pipeline, [prompts[0]], schedule, c.pruner(), sampling)
             except Exception:  # noqa: BLE001 - the timed pass records the failure
                 pass
         say(f"warm-up {w + 1}/{warmup} done")
@@ -155,9 +155,9 @@ def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, rep
             if c.spec == "dense" and ref is not None:
                 result, mem = ref
             else:
-                result, mem = _run_once(pipeline, [prompt], schedule, pruner, sampling)
+                result, mem = run_once(pipeline, [prompt], schedule, pruner, sampling)
         except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others
-            row.update(status=f"failed: {_one_line(exc)}", image=None)
+            row.update(status=f"failed: {one_line_error(exc)}", image=None)
             report.rows.append(row)
             say(f"[{idx}] {c.label}: FAILED {row['status']}")
             if ref is None:  # without the dense reference nothing else can be compared

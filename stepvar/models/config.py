@@ -77,6 +77,9 @@ class InfinityConfig:
         return dataclasses.asdict(self)
 
 
+DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
+
+
 @dataclass
 class ModelPreset:
     """A named model: architecture, paired VAE, text encoder kind, and where weights come from."""
@@ -97,7 +100,9 @@ def list_model_presets() -> list[str]:
     return preset_names("models")
 
 
-def load_model_preset(name: str) -> ModelPreset:
+def load_model_preset(name: str | None = None) -> ModelPreset:
+    """A model preset by name; None is the default model."""
+    name = name or DEFAULT_MODEL
     data = load_preset("models", name)
     arch = data.pop("arch", {})
     try:

@@ -49,6 +49,17 @@ def method_preset(name: str) -> dict:
     raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
 
 
+def default_keep(name: str):
+    """The keep a method runs at unless told otherwise: its preset's, else its config's default (None: it has none)."""
+    data = method_preset(name)
+    if "keep" in data:
+        return data["keep"]
+    cls = METHODS.get(data.get("method", name))
+    fields = {f.name: f for f in dataclasses.fields(cls.config_class)} if cls is not None else {}
+    field = fields.get("keep")
+    return None if field is None or field.default is dataclasses.MISSING else field.default
+
+
 def make_pruner(name: str, keep: float | list | dict | None = None, **overrides) -> Pruner:
     """Build a method by preset or registered name. keep=None keeps the preset's own keep ratios."""
     data = dict(method_preset(name))
@@ -68,6 +79,20 @@ def make_pruner(name: str, keep: float | list | dict | None = None, **overrides)
         known = ", ".join(sorted(fields)) or "none"
         raise ConfigError(f"method {name!r}: unknown setting(s) {', '.join(unknown)}; known: {known}")
     return cls(config_class(**data), name=name)
+
+
+def pruner_from_settings(method: str, keep: float | None = None, keep_per_scale: dict[int, float] | None = None,
+                         first_scale: int | None = None) -> Pruner:
+    """A method with one keep ratio, or a keep ratio per scale index (which then are the pruned
+    scales), optionally pruning every scale from first_scale on."""
+    if keep_per_scale is not None and keep is not None:
+        raise ConfigError("give either keep or keep_per_scale, not both")
+    overrides = {}
+    if keep_per_scale is not None:
+        overrides["scales"] = sorted(keep_per_scale)
+    if first_scale is not None:
+        overrides["first_scale"] = first_scale
+    return make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, **overrides)
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .grammar import describe, parse, random_spec
-from .vocabulary import COLORS, RELATIONS, SHAPES
+from .vocabulary import COLORS, RELATIONS, SHAPES  # noqa: F401  (SHAPES: the world's word lists, read as world.SHAPES)
 
 BG_TEXTURES = ("stripes", "checker", "noise")
 OBJ_TEXTURES = ("none", "stripes", "dots", "noise")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..errors import CheckpointError, ConfigError
 from ..loading.containers import save_checkpoint
 from ..loading.embedded import EXPORT_FILES, load_embedded
-from ..models.bsq_vae import BSQVAE, VAEConfig
+from ..models.bsq_vae import BSQVAE
 from ..models.config import InfinityConfig
 from ..models.infinity import Infinity
 from ..schedules import ScaleSchedule, get_schedule
@@ -301,7 +301,7 @@ class GPTJob(Job):
         return self.update(self.next_batch(), step)
 
 
-def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
+def as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
     """A BSQVAE, an export directory's VAE, or a VAE training run's."""
     if isinstance(vae, BSQVAE):
         return vae
@@ -317,7 +317,7 @@ def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps:
 
     `vae`: a BSQVAE, or a VAE training checkpoint / run directory (train_vae's output).
     """
-    job = GPTJob(config, _as_vae(vae))
+    job = GPTJob(config, as_vae(vae))
     return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
 
 
