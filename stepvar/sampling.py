@@ -1,4 +1,4 @@
-"""The next-scale sampling loop (spec §9), with a pruner in charge of each scale's blocks.
+"""The next-scale sampling loop, with a pruner in charge of each scale's blocks.
 
 Phases per scale: level embedding -> blocks (the pruner) -> head -> CFG mix -> bit
 sampling -> accumulate codes -> next scale's input. Every method consumes the sampler RNG

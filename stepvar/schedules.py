@@ -14,7 +14,7 @@ import torch
 
 from .errors import ConfigError
 
-# The 13-scale "1M" lists of the official release, keyed by template h/w (spec §6).
+# The 13-scale "1M" lists of the official release, keyed by template h/w.
 # Inverse templates swap h and w and are derived below.
 _BASE_1M: dict[float, tuple[tuple[int, int], ...]] = {
     1.000: ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)),
@@ -27,7 +27,7 @@ _BASE_1M: dict[float, tuple[tuple[int, int], ...]] = {
     3.000: ((1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12), (45, 15), (54, 18), (72, 24), (90, 30), (111, 37)),
 }
 
-# FastVAR's zero-shot 2K scale, appended to the 1M list (spec §11). Only these
+# FastVAR's zero-shot 2K scale, appended to the 1M list. Only these
 # templates have a published extra scale.
 _EXTENSION_2K: dict[float, tuple[int, int]] = {
     1.000: (84, 84),

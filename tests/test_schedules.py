@@ -5,7 +5,7 @@ from stepvar.schedules import choose_schedule
 from stepvar.schedules import (TEMPLATE_ORDER, get_schedule, nearest_template, parse_aspect, schedule_for,
                                schedule_for_size)
 
-# spec §6: tokens per template and budget (0.06M, 0.25M, 0.60M, 1M); inverses share them
+# tokens per template and budget (0.06M, 0.25M, 0.60M, 1M); inverses share them
 TOKENS = {
     1.0: (521, 2521, 6425, 10521), 1.25: (614, 2814, 6854, 10774), 1.333: (665, 2657, 7085, 10973),
     1.5: (533, 2759, 6941, 10997), 1.75: (472, 2628, 7220, 11252), 2.0: (451, 2681, 7219, 11269),

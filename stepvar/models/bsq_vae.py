@@ -1,4 +1,4 @@
-"""The BSQ VAE of Infinity (spec §7, §10): a FLUX-style conv autoencoder plus a binary quantizer.
+"""The BSQ VAE of Infinity: a FLUX-style conv autoencoder plus a binary quantizer.
 
 Read top to bottom: config and presets, the small blocks (conv/norm wrappers, ResBlock, resamplers),
 encoder and decoder, the quantizer math (pure functions), patchify helpers, the checkpoint key mapping,
@@ -86,7 +86,7 @@ def load_vae_preset(name: str) -> VAEConfig:
 # Every VAE preset by name, read once: the official VAEs and the project's small stride-16 ones.
 VAE_PRESETS: dict[str, VAEConfig] = {name: load_vae_preset(name) for name in preset_names("vaes")}
 
-# Official file stems -> preset. The scripts spell the 2B VAE "d32_reg", the release "d32reg" (§3).
+# Official file stems -> preset. The scripts spell the 2B VAE "d32_reg", the release "d32reg".
 _VAE_FILE_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"infinity_vae_d32_?reg"), "d32reg"),
     (re.compile(r"infinity_vae_d56_f8_14_patchify"), "d56_patchify"),
@@ -320,7 +320,7 @@ class BSQuantizer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Multi-scale residual encoding (§7.4) and the transformer's next-scale inputs (§9)
+# Multi-scale residual encoding and the transformer's next-scale inputs
 # --------------------------------------------------------------------------------------------------
 
 
@@ -357,7 +357,7 @@ def multiscale_encode(z_BdHW: torch.Tensor, scales: Sequence[Sequence[int]]) -> 
 
     Per scale: area-downsample the residual, quantize, bilinearly upsample the codes back to (H, W),
     subtract them from the residual and add them to the accumulation. The next-scale input is the
-    accumulation so far, bilinearly resized to the next grid (not area: see §9).
+    accumulation so far, bilinearly resized to the next grid (not area, as the official sampler does).
     """
     H, W = z_BdHW.shape[-2:]
     grids = [_grid_hw(s) for s in scales]
@@ -381,7 +381,7 @@ def multiscale_encode(z_BdHW: torch.Tensor, scales: Sequence[Sequence[int]]) -> 
 
 
 # --------------------------------------------------------------------------------------------------
-# 8B patchify helpers (§10): token channel = c*4 + 2*dy + dx, PyTorch's pixel_(un)shuffle order
+# 8B patchify helpers: token channel = c*4 + 2*dy + dx, PyTorch's pixel_(un)shuffle order
 # --------------------------------------------------------------------------------------------------
 
 
@@ -400,7 +400,7 @@ def unpatchify(tokens_B4dhw: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoint key mapping (§7.5)
+# Checkpoint key mapping
 # --------------------------------------------------------------------------------------------------
 
 _NORM_LEAVES = frozenset({"norm1", "norm2", "norm_out"})

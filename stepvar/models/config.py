@@ -11,7 +11,7 @@ from ..preset_registry import load_preset, preset_names, preset_path
 
 @dataclass
 class InfinityConfig:
-    """Shapes of an Infinity transformer. Every released model fixes the flags of spec §2.
+    """Shapes of an Infinity transformer. Every released model fixes the same behaviour flags.
 
     Only the shape fields vary between presets; the behaviour flags (cos-attention,
     shared AdaLN, head AdaLN, bitwise head, level embedding before block 0, star RoPE)

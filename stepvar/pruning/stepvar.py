@@ -30,24 +30,24 @@ class StepVARConfig:
     scales: list[int] | None = None  # pruned scale indices; None = grids >= half the final side
     first_scale: int | None = None  # alternative to scales: prune this scale and all later ones
     score: str = "joint"  # joint | texture | structure | random | dc (ablations)
-    w_str: float = 1.0  # O1: weight of the structure term
-    norm: str = "minmax"  # O1: raw | max | minmax | zscore | rank
-    structure_power: int = 1  # O1(f): 2 makes the structure term quadratic like the texture term
-    power_iters: int = 3  # O2
-    power_init: str = "ones"  # O2: ones | variance | random
-    border: str = "exclude_pad"  # O9: exclude_pad | zero_pad | replicate | reflect
-    selection: str = "scale"  # O3: scale (once, before the pruned layers) | block | sublayer
-    cfg_rows: str = "separate"  # O5: separate per row | shared (sum of both rows' normalised scores)
-    # O7, with selection "scale": "hidden" gives a pruned position the nearest kept token's final
+    w_str: float = 1.0  # weight of the structure term in the joint score
+    norm: str = "minmax"  # normalisation of each term before mixing: raw | max | minmax | zscore | rank
+    structure_power: int = 1  # 2 makes the structure term quadratic like the texture term
+    power_iters: int = 3  # power-iteration steps of the principal component
+    power_init: str = "ones"  # power-iteration start vector: ones | variance | random
+    border: str = "exclude_pad"  # texture filter at the grid border: exclude_pad | zero_pad | replicate | reflect
+    selection: str = "scale"  # when tokens are selected: scale (once, before the pruned layers) | block | sublayer
+    cfg_rows: str = "separate"  # CFG rows: separate per row | shared (sum of both rows' normalised scores)
+    # with selection "scale": "hidden" gives a pruned position the nearest kept token's final
     # hidden state; "residual" gives it its own scale input plus the nearest kept token's update
     # (h - x). The latter equals propagating every block's update with a fixed selection (the
     # sum of copied updates is the copied sum), so it costs one propagation per scale.
     propagate: str = "residual"  # chosen by measurement: docs/pruning.md
-    dense_prefix: int | None = 0  # O12: layers before selection that run on all tokens
-    dense_suffix: int | None = 0  # O12: layers after propagation that run on all tokens
-    rounding: str = "round"  # O11: round -> round(L*keep); fastvar -> L - int(L*(1-keep))
-    order: str = "spatial"  # O13: kept-token order, spatial | score
-    metric: str = "euclidean"  # O8: euclidean | chebyshev | manhattan (ties -> lowest row-major index)
+    dense_prefix: int | None = 0  # layers before selection that run on all tokens
+    dense_suffix: int | None = 0  # layers after propagation that run on all tokens
+    rounding: str = "round"  # kept-count rounding: round -> round(L*keep); fastvar -> L - int(L*(1-keep))
+    order: str = "spatial"  # kept-token order, spatial | score
+    metric: str = "euclidean"  # nearest-neighbour distance: euclidean | chebyshev | manhattan (ties -> lowest row-major index)
     seed: int = 0  # for score = random
 
     def check(self) -> None:

@@ -3,11 +3,11 @@
 One update:
   1. render a batch of (prompt, image) pairs (fresh scenes every step);
   2. frozen VAE: encode, then multi-scale residual bits (targets) and next-scale inputs, with
-     optional bitwise self-correction (spec §12: flip each bit of the first scales with a per-image
+     optional bitwise self-correction (flip each bit of the first scales with a per-image
      probability drawn from {0, 0.01, ..., strength}; labels correct the corrupted trajectory);
   3. encode the prompts with the toy text encoder (trained jointly); with probability cfg_dropout a
      row's text is replaced by the learned null text model.uncond_text(mask), which is what
-     classifier-free guidance uses at sampling time (spec §8);
+     classifier-free guidance uses at sampling time;
   4. teacher-forced forward over all scales at once (block-causal mask), cross-entropy over every
      bit of every token (logits (B, Lt, d, 2)), averaged uniformly over tokens and bits;
      optionally `prefix_batch` extra rows run only the first `prefix_scales` scales. Because the
