@@ -23,7 +23,8 @@ from .models.config import DEFAULT_MODEL, ModelPreset, load_model_preset  # noqa
 from .models.infinity import Infinity
 from .pruning.base import Dense, Pruner
 from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint8
-from .schedules import ScaleSchedule, get_schedule
+from . import schedules
+from .schedules import ScaleSchedule
 from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
 
 
@@ -55,8 +56,14 @@ class Pipeline:
     def status(self) -> str:
         return "trained" if self.trained else "untrained (random weights)"
 
-    def schedule(self, budget: str | None = None, template: float = 1.0) -> ScaleSchedule:
-        return get_schedule(budget or self.preset.arch.default_budget, template, self.vae.cfg.token_stride)
+    def schedule(self, budget: str | None = None, aspect: str | float | None = None, *, resolution: int | None = None,
+                 size: str | tuple[int, int] | None = None) -> ScaleSchedule:
+        """stepvar.schedules.schedule for this model: its VAE's token stride, and its own pixel budget
+        when no budget, resolution or size is given."""
+        if budget is None and resolution is None and size is None:
+            budget = self.preset.arch.default_budget
+        return schedules.schedule(budget, aspect, resolution=resolution, size=size,
+                                  token_stride=self.vae.cfg.token_stride)
 
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,

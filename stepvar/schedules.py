@@ -251,16 +251,23 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ConfigError(f"--size must look like WIDTHxHEIGHT (e.g. 1024x768), got {text!r}") from None
 
 
-def choose_schedule(resolution: int | None, aspect: str | None, size: str | None, default_budget: str,
-                    token_stride: int = 16) -> ScaleSchedule:
-    """The schedule of a request: size (WxH) if given; else resolution (with aspect); else the model's own
-    pixel budget at aspect."""
+def schedule(budget: str | None = None, aspect: str | float | None = None, *, resolution: int | None = None,
+             size: str | tuple[int, int] | None = None, token_stride: int = 16) -> ScaleSchedule:
+    """The one way to ask for a schedule.
+
+    Give at most one of: a pixel budget ('0.06M', '0.25M', '0.60M', '1M', '2K'), a nominal
+    resolution (256, 512, 768, 1024, 2048) or a pixel size ('WxH' or (width, height), snapped to
+    the nearest schedule, whose own shape then overrides aspect). aspect (W:H text or an h/w
+    number) snaps to the nearest template; with none of the three, the budget is '1M'.
+    get_schedule, schedule_for and schedule_for_size are its building blocks.
+    """
+    given = [name for name, v in (("budget", budget), ("resolution", resolution), ("size", size)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of budget, resolution and size, not {' and '.join(given)}")
     if size is not None:
-        if resolution is not None:
-            raise ConfigError("give either size or resolution, not both")
-        w, h = parse_size(size)
+        w, h = parse_size(size) if isinstance(size, str) else size
         return schedule_for_size(w, h, token_stride)
-    if resolution is None:
-        resolution_for_budget(default_budget)  # an unknown budget fails here, naming the known ones
-        return get_schedule(default_budget, nearest_template(parse_aspect(aspect or "1:1")), token_stride)
-    return schedule_for(resolution, aspect or "1:1", token_stride)
+    if resolution is not None:
+        return schedule_for(resolution, "1:1" if aspect is None else aspect, token_stride)
+    return get_schedule(budget or "1M", nearest_template(parse_aspect("1:1" if aspect is None else aspect)),
+                        token_stride)

@@ -167,7 +167,6 @@ def compare(
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
     from stepvar.eval.compare import run_compare
     from stepvar.eval.runs import prepare_out_dir
-    from stepvar.schedules import choose_schedule
     from stepvar.pipeline import load_pipeline
     from stepvar.eval.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
 
@@ -180,7 +179,7 @@ def compare(
             fail(f"--warmup must be >= 0, got {warmup}")
         prepare_out_dir(out_dir)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
-        schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
+        schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         _note_untrained(pipe)
         try:
             report = run_compare(pipe, prompts, methods_list, keeps, seed, schedule, out_dir, sampling, warmup,

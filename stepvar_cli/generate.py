@@ -27,7 +27,6 @@ def generate(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepvar.io import check_output_path, save_image, save_json, IMAGE_SUFFIXES
-    from stepvar.schedules import choose_schedule
     from stepvar.pipeline import load_pipeline
     from stepvar.text import check_prompts
 
@@ -38,7 +37,7 @@ def generate(
         sampling = sampling_options(model, cfg, tau, top_p, seed)
         pruner = make_method(method, keep, keep_per_scale, first_scale)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
-        schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
+        schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         sampling.validate(len(schedule))
         pruner.validate(schedule, len(pipe.model.blocks))
         if not pipe.trained:

@@ -75,7 +75,7 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 def methods(as_json: JsonOpt = False) -> None:
-    """List the pruning methods (YAML presets in presets/methods)."""
+    """List the pruning methods: the registered methods and their presets (presets/methods)."""
     from stepvar.pruning.registry import describe_methods
 
     def body():

@@ -151,11 +151,6 @@ class Pruner(ABC):
             self.name = name
         self.active_plan: PruningPlan | None = None
 
-    @property
-    def cfg(self):
-        """Old name of `config`, kept for code written against it."""
-        return self.config
-
     @abstractmethod
     def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
         """What this method will compute on the schedule and a model of this depth; raise
