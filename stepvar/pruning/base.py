@@ -175,7 +175,7 @@ class Pruner(ABC):
     def config_dict(self) -> dict:
         body = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
         out = {"method": self.name, **body}
-        if self.active_plan is not None and self.active_plan.keep:
+        if self.active_plan is not None and (self.active_plan.keep or self.active_plan.skipped):
             out["resolved"] = self.active_plan.to_dict()
         return out
 

@@ -71,7 +71,9 @@ def make_pruner(name: str, keep: float | list | dict | None = None, **overrides)
     cls = METHODS[engine]
     config_class = cls.config_class
     fields = {f.name for f in dataclasses.fields(config_class)}
-    if keep is not None and ("keep" in fields or keep != 1.0):
+    if not fields:
+        return cls(name=name)  # a method without settings (dense) runs the same whatever keep or scales say
+    if keep is not None:
         data["keep"] = keep
     data.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(data) - fields)
