@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stepvar.bench import validate_rows
+from stepvar.eval.bench import validate_rows
 from stepvar.errors import CheckpointError, ConfigError
 from stepvar.run_lock import LOCK_NAME
 from stepvar.training import export_embedded, load_embedded, train_transformer
@@ -148,10 +148,10 @@ def test_bench_sigkill_keeps_timed_runs_and_a_second_bench_is_refused_then_takes
 
 
 def test_bench_sigterm_stops_like_ctrl_c_and_marks_rows_interrupted(tiny_pipe, tmp_path, monkeypatch):
-    import stepvar.bench as bench_mod
+    import stepvar.eval.bench as bench_mod
     from stepvar.interrupts import sigterm_as_interrupt
 
-    calls, real = [], bench_mod._run_once
+    calls, real = [], bench_mod.run_once
 
     def run_once(*args):
         calls.append(1)
@@ -159,7 +159,7 @@ def test_bench_sigterm_stops_like_ctrl_c_and_marks_rows_interrupted(tiny_pipe, t
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args)
 
-    monkeypatch.setattr(bench_mod, "_run_once", run_once)
+    monkeypatch.setattr(bench_mod, "run_once", run_once)
     with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
         bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5], repeats=5, warmup=0, out_dir=tmp_path)
     report = check_bench_left(tmp_path, 3)
