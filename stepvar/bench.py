@@ -132,7 +132,7 @@ def expand_configs(methods: Sequence[str], keeps: Sequence[float] | None) -> lis
             configs = [BenchConfig(spec, float(k)) for k in (keeps or [preset_keep])]
         else:
             configs = [BenchConfig(spec)]
-        out += [c for c in configs if c not in out]
+        out += [c for c in dict.fromkeys(configs) if c not in out]  # --keep 0.4,0.4 measures 0.4 once
     for c in out:
         c.pruner()  # unknown names and bad keeps fail here, before anything runs
     return out
@@ -443,20 +443,9 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
 # ---- outputs ------------------------------------------------------------------------------------
 def prepare_out_dir(path: str | Path) -> Path:
     """Create the output directory (and parents) and check it is writable, before any compute."""
-    import os
+    from .user_files import make_output_dir
 
-    from .errors import StepvarError
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StepvarError(f"--out {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StepvarError(f"cannot create output directory {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise StepvarError(f"output directory is not writable: {path}")
-    return path
+    return make_output_dir(path, "--out")
 
 
 def rows_to_csv(rows: list[dict]) -> str:

@@ -95,6 +95,7 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     base = sampling or SamplingConfig()
     sampling = SamplingConfig(cfg=base.cfg, tau=base.tau, top_p=base.top_p, seed=seed)
     sampling.validate(len(schedule))
+    prompts = pipeline.check_prompts(prompts)
     out = prepare_out_dir(out_dir)
     say = on_progress or (lambda msg: None)
     report = CompareReport(environment(pipeline), {

@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, StepvarError
+from .validate import shown
 from .models.bsq_vae import VAE_PRESETS, BSQVAE
 from .models.config import InfinityConfig, ModelPreset, load_model_preset
 from .models.infinity import Infinity
@@ -57,6 +58,14 @@ class Pipeline:
 
     def schedule(self, budget: str | None = None, template: float = 1.0) -> ScaleSchedule:
         return get_schedule(budget or self.preset.arch.default_budget, template, self.vae.cfg.token_stride)
+
+    def check_prompts(self, prompts: list[str]) -> list[str]:
+        """Refuse, before any run, a prompt this model's text encoder cannot take (the toy grammar)."""
+        prompts = check_prompts(list(prompts))
+        tokenize = getattr(self.text_encoder, "tokenize", None)  # the toy encoder parses without running
+        if tokenize is not None:
+            tokenize(prompts)
+        return prompts
 
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
@@ -120,7 +129,7 @@ def _build_untrained(preset: ModelPreset, seed: int) -> tuple[Infinity, BSQVAE]:
     return model, vae
 
 
-def load_pipeline(model: str | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
+def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
                   text_encoder: str | Path | None = None, device: str = "auto", dtype: str = "auto",
                   init_seed: int = 0) -> Pipeline:
     """Build a pipeline from a preset and local files. Nothing is ever downloaded.
@@ -129,7 +138,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
     --text-encoder pointing at local files.
     """
-    preset = load_model_preset(model or DEFAULT_MODEL)
+    preset = model if isinstance(model, ModelPreset) else load_model_preset(model or DEFAULT_MODEL)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
@@ -184,16 +193,15 @@ def embedded_dir(preset: ModelPreset) -> Path:
 
 
 def embedded_meta(preset: ModelPreset, directory: str | Path | None = None) -> dict:
-    import json
+    from .training.train_gpt import read_export_meta
 
     path = Path(directory or embedded_dir(preset)) / "model.json"
-    try:
-        return json.loads(path.read_text())
-    except OSError:
-        if directory is not None:
-            raise StepvarError(f"{directory}: not an export of {preset.name} (no model.json; "
-                               "make one with `stepvar train export`)") from None
-        raise StepvarError(f"{preset.name}: its embedded weights are missing ({path}); reinstall stepvar") from None
+    if path.is_file():
+        return read_export_meta(path.parent)
+    if directory is not None:
+        raise StepvarError(f"{shown(directory)}: not an export of {preset.name} (no model.json; "
+                           "make one with `stepvar train export`)")
+    raise StepvarError(f"{preset.name}: its embedded weights are missing ({path}); reinstall stepvar")
 
 
 def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = None):
@@ -205,7 +213,10 @@ def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = Non
 
     meta = embedded_meta(preset, directory)
     # A field the export's model.json predates counts at its default (e.g. abs_pos_grid 0).
-    shipped, declared = asdict(InfinityConfig(**meta["arch"])), asdict(preset.arch)
+    from .training.train_gpt import _export_config
+
+    shipped = asdict(_export_config(InfinityConfig, meta["arch"], Path(directory or embedded_dir(preset)), "arch"))
+    declared = asdict(preset.arch)
     diff = sorted(k for k in declared if k not in ("name", "description") and declared[k] != shipped[k])
     if diff:
         where = "embedded weights" if directory is None else f"the export in {directory}"

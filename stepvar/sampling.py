@@ -48,6 +48,8 @@ class SamplingConfig:
         values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
         if len(values) != n:
             raise ConfigError(f"--{name} lists {len(values)} values but the schedule has {n} scales")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"--{name} must be finite, got {value}")
         if name == "cfg" and any(v < 0 for v in values):
             raise ConfigError(f"--cfg must be >= 0, got {value}")
         if name == "tau" and any(v <= 0 for v in values):
@@ -59,6 +61,9 @@ class SamplingConfig:
         self.per_scale("tau", n_scales)
         if not (0.0 < self.top_p <= 1.0):
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+        from .validate import OPTION_RULES
+
+        OPTION_RULES["seed"].check(self.seed if self.seed is not None else 0, "--seed")
 
 
 @dataclass

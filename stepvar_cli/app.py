@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from stepvar import __version__
 from stepvar.errors import StepvarError
+from stepvar_cli.safe_print import LogConsole, note, plain, print_error
+from stepvar_cli.validators import MethodFileOpt, ModelFileOpt, OneLineErrors, check_parsed_options, preset_from_options
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Faster next-scale (VAR) image generation by training-free token pruning, measured honestly.")
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+out = LogConsole()
+err = LogConsole(stderr=True, soft_wrap=True)
 
 EXIT_BAD_INPUT, EXIT_CHECK_FAILED = 2, 3
 
@@ -48,16 +49,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record on 
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(err, message)
     raise typer.Exit(code)
 
 
 def run_guarded(fn):
-    """Run a command body; a StepvarError becomes one line on stderr and exit 2."""
+    """Run a command body after checking its options; a StepvarError becomes one line on stderr and
+    exit 2, and so does an OS error on a named file (a full disk, a read-only or missing place)."""
     try:
+        check_parsed_options()
         return fn()
     except StepvarError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        fail(f"{exc.filename}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         fail("interrupted", 130)
 
@@ -75,9 +82,10 @@ def main_callback(
     """stepvar: generate, compare and benchmark pruned next-scale generation."""
 
 
-def _pruner(method: str, keep: float | None, keep_table: str | None, first_scale: int | None):
+def _pruner(method: str, keep: float | None, keep_table: str | None, first_scale: int | None,
+            method_file: Path | None = None):
     from stepvar.options import parse_keep_table
-    from stepvar.pruning.registry import make_pruner
+    from stepvar.pruning.registry import make_pruner, method_preset_file
 
     table = parse_keep_table(keep_table)
     if table is not None and keep is not None:
@@ -87,17 +95,21 @@ def _pruner(method: str, keep: float | None, keep_table: str | None, first_scale
         overrides["scales"] = sorted(table)
     if first_scale is not None:
         overrides["first_scale"] = first_scale
+    if method_file is not None:
+        name, preset = method_preset_file(method_file)
+        return make_pruner(name, keep=table if table is not None else keep, preset=preset, **overrides)
     return make_pruner(method, keep=table if table is not None else keep, **overrides)
 
 
 def sampling_options(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int | None):
     """SamplingConfig from the command line, falling back to the model preset's sampling defaults."""
-    from stepvar.models.config import load_model_preset
+    from stepvar.models.config import ModelPreset, load_model_preset
     from stepvar.options import parse_float_list
     from stepvar.pipeline import DEFAULT_MODEL
     from stepvar.sampling import SamplingConfig
 
-    return SamplingConfig.for_model(load_model_preset(model or DEFAULT_MODEL).sampling, parse_float_list(cfg, "cfg"),
+    preset = model if isinstance(model, ModelPreset) else load_model_preset(model or DEFAULT_MODEL)
+    return SamplingConfig.for_model(preset.sampling, parse_float_list(cfg, "cfg"),
                                     parse_float_list(tau, "tau"), top_p, seed)
 
 
@@ -110,6 +122,7 @@ def generate(
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
 ) -> None:
     """Generate one image."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -123,14 +136,17 @@ def generate(
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
         check_output_path(out_path, IMAGE_SUFFIXES)
-        sampling = sampling_options(model, cfg, tau, top_p, seed)
-        pruner = _pruner(method, keep, keep_per_scale, first_scale)
-        pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
+        check_output_path(out_path.with_suffix(".json"))
+        chosen = preset_from_options(model, model_file)
+        sampling = sampling_options(chosen, cfg, tau, top_p, seed)
+        pruner = _pruner(method, keep, keep_per_scale, first_scale, method_file)
+        pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype)
+        pipe.check_prompts([prompt])
         schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
         sampling.validate(len(schedule))
         pruner.validate(schedule, len(pipe.model.blocks))
         if not pipe.trained:
-            err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result")
+            err.print(note(f"model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result"))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} scales"),
                       TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
             task = bar.add_task(f"{method} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
@@ -142,8 +158,9 @@ def generate(
             print(json.dumps(record | {"sidecar": str(sidecar)}, default=str))
         else:
             t = result.timings
-            out.print(f"wrote [bold]{out_path}[/] ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {method}, seed {seed}) "
-                      f"in {t['total_s']:.2f}s (transformer {t['transformer_s']:.2f}s, decode {t['decode_s']:.2f}s); settings in {sidecar}")
+            out.print(plain(f"wrote {out_path} ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {pruner.name}, seed {seed}) "
+                            f"in {t['total_s']:.2f}s (transformer {t['transformer_s']:.2f}s, decode {t['decode_s']:.2f}s); "
+                            f"settings in {sidecar}"))
 
     run_guarded(body)
 
@@ -175,11 +192,11 @@ def _print_inspect(data: dict) -> None:
     for key, value in data.items():
         if key == "problems":
             continue
-        table.add_row(f"[bold]{key}[/]", str(value))
+        table.add_row(plain(key, style="bold"), plain(value))
     out.print(table)
     problems = data.get("problems") or []
     for p in problems[:50]:
-        out.print(f"  [red]{p}[/]" if isinstance(p, str) else f"  [red]{p}[/]")
+        out.print(plain(f"  {p}", style="red"))
     if len(problems) > 50:
         out.print(f"  ... and {len(problems) - 50} more")
 
@@ -205,7 +222,7 @@ def models(as_json: JsonOpt = False) -> None:
         for r in rows:
             needs = ", ".join(r["needs"]) or "nothing (runs out of the box)"
             name = r["name"] + (" (default)" if r["default"] else "")
-            table.add_row(name, f"{r['depth']} x {r['width']}", r["resolution_budget"], needs, r["description"])
+            table.add_row(*(plain(c) for c in (name, f"{r['depth']} x {r['width']}", r["resolution_budget"], needs, r["description"])))
         out.print(table)
 
     run_guarded(body)
@@ -223,7 +240,7 @@ def methods(as_json: JsonOpt = False) -> None:
             return
         table = Table("method", "description")
         for n, d in rows:
-            table.add_row(n, d)
+            table.add_row(plain(n), plain(d))
         out.print(table)
 
     run_guarded(body)
@@ -280,8 +297,8 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # an internal bug: still one line, but say it is ours
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                  " (please report; run with STEPVAR_DEBUG=1 for the traceback)", highlight=False)
+        print_error(err, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    " (please report; run with STEPVAR_DEBUG=1 for the traceback)", prefix="internal error:")
         import os
         if os.environ.get("STEPVAR_DEBUG"):
             raise

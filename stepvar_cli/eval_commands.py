@@ -15,6 +15,8 @@ import typer
 from rich import box
 from rich.table import Table
 
+from .safe_print import note, plain
+
 ResListOpt = Annotated[Optional[str], typer.Option(
     "--resolution", "-r", help="256, 512, 768, 1024, 2048, or a comma list (e.g. 256,512,1024); default: the model's own.")]
 MethodsOpt = Annotated[str, typer.Option(
@@ -47,8 +49,11 @@ def _keeps(text: str | None) -> list[float] | None:
     value = parse_float_list(text, "keep")
     if value is None:
         return None
-    values = value if isinstance(value, list) else [value]
-    return [check_keep(v, "--keep") for v in values]
+    values = [check_keep(v, "--keep") for v in (value if isinstance(value, list) else [value])]
+    unique = list(dict.fromkeys(values))
+    if len(unique) < len(values):
+        cli.err.print(note(f"--keep lists a ratio more than once; each is measured once ({unique})"))
+    return unique
 
 
 def _sampling(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int):
@@ -57,12 +62,12 @@ def _sampling(model: str | None, cfg: str | None, tau: str | None, top_p: float 
 
 def _note_untrained(pipe) -> None:
     if not pipe.trained:
-        cli.err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: timings and FLOPs are real, "
-                      "fidelity numbers describe random weights")
+        cli.err.print(note(f"model {pipe.preset.name} is {pipe.status}: timings and FLOPs are real, "
+                           "fidelity numbers describe random weights"))
 
 
 def _table(head: list[str], cells: list[list[str]], title: str) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=plain(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, name in enumerate(head):  # configuration names are what a reader scans for: never cut them
         if name == "config":
             table.add_column(name, no_wrap=True, min_width=max((len(r[i]) for r in cells), default=6))
@@ -70,7 +75,7 @@ def _table(head: list[str], cells: list[list[str]], title: str) -> Table:
             table.add_column(name)
     for row in cells:
         failed = any(c in ("FAILED", "INTERRUPTED") for c in row)
-        table.add_row(*row, style="red" if failed else None)
+        table.add_row(*(plain(c) for c in row), style="red" if failed else None)
     return table
 
 
@@ -89,6 +94,7 @@ def bench(
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
     from stepvar.bench import prepare_out_dir, run_bench, write_bench_outputs
+    from stepvar.user_files import check_output_dir
     from stepvar.report_md import bench_compact_rows
 
     def body():
@@ -111,21 +117,21 @@ def bench(
             res = _resolutions(resolution, load_model_preset(model or DEFAULT_MODEL).arch.default_budget)
             expand_configs(methods_list, keeps)
             if out_dir is not None:
-                prepare_out_dir(out_dir)
+                check_output_dir(out_dir)  # created by run_bench once everything is checked
             pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
             _note_untrained(pipe)
             try:
                 report = run_bench(pipe, res, methods_list, keeps, batch, repeats, warmup, [text], seed,
                                    out_dir=out_dir, aspect=aspect or "1:1", sampling=sampling,
-                                   on_progress=lambda msg: cli.err.print(msg, highlight=False))
+                                   on_progress=lambda msg: cli.err.print(plain(msg), highlight=False))
             except KeyboardInterrupt:
                 where = f"; finished rows are in {out_dir / 'report.json'}" if out_dir is not None else ""
                 cli.fail(f"interrupted{where}", 130)
         _print_report(report.to_dict(), as_json, bench_compact_rows, _bench_title(report), out_dir)
         if report.failures:
-            cli.err.print(f"[red]{len(report.failures)} configuration(s) failed[/]: "
-                          + "; ".join(f"{r['label']} at {r['resolution']}: {r['status']}" for r in report.failures),
-                          highlight=False)
+            cli.err.print(plain(f"{len(report.failures)} configuration(s) failed: "
+                                + "; ".join(f"{r['label']} at {r['resolution']}: {r['status']}" for r in report.failures),
+                                style="red"), highlight=False)
             raise typer.Exit(cli.EXIT_CHECK_FAILED)
 
     cli.run_guarded(body)
@@ -171,7 +177,7 @@ def _print_report(data: dict, as_json: bool, table_rows, title: str, out_dir: Pa
         return
     cli.out.print(_table(*table_rows(data["results"]), title=title))
     if out_dir is not None:
-        cli.out.print(f"wrote {out_dir}/report.json, report.csv, report.md and plots", highlight=False)
+        cli.out.print(plain(f"wrote {out_dir}/report.json, report.csv, report.md and plots"), highlight=False)
 
 
 def compare(
@@ -186,8 +192,8 @@ def compare(
     device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
-    from stepvar.bench import prepare_out_dir
     from stepvar.compare import run_compare
+    from stepvar.user_files import check_output_dir
     from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
     from stepvar.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
@@ -199,13 +205,13 @@ def compare(
         sampling = _sampling(model, cfg, tau, top_p, seed)
         if warmup < 0:
             cli.fail(f"--warmup must be >= 0, got {warmup}")
-        prepare_out_dir(out_dir)
+        check_output_dir(out_dir)  # created by run_compare once everything is checked
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
         schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
         _note_untrained(pipe)
         try:
             report = run_compare(pipe, prompts, methods_list, keeps, seed, schedule, out_dir, sampling, warmup,
-                                 on_progress=lambda msg: cli.err.print(msg, highlight=False))
+                                 on_progress=lambda msg: cli.err.print(plain(msg), highlight=False))
         except KeyboardInterrupt:
             cli.fail(f"interrupted; finished prompts are in {out_dir / 'report.json'}", 130)
         data = report.to_dict()
@@ -219,7 +225,7 @@ def compare(
                 if data["paired"]:
                     cli.out.print(_table(*paired_table_rows(data["paired"]),
                                          title="paired over the same prompts: A − B ± standard error"))
-            cli.out.print(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image", highlight=False)
+            cli.out.print(plain(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image"), highlight=False)
         if report.failures:
             raise typer.Exit(cli.EXIT_CHECK_FAILED)
 
@@ -234,14 +240,9 @@ def _read_prompts(prompt: str | None, path: Path | None) -> list[str]:
         raise StepvarError("give exactly one of --prompt TEXT and --prompts FILE")
     if prompt is not None:
         return check_prompts([prompt])
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise StepvarError(f"cannot read --prompts {path}: {exc.strerror}") from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise StepvarError(f"--prompts {path} holds no prompt")
-    return check_prompts(prompts)
+    from stepvar.user_files import read_lines
+
+    return check_prompts([line for _, line in read_lines(path, "--prompts")])
 
 
 # At the end on purpose (see the module docstring): the annotations above name these aliases.

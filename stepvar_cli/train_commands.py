@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from stepvar.user_files import check_output_dir
+
+from .safe_print import note, plain
+
 train_app = typer.Typer(no_args_is_help=True, help="Train the project's own small models (the toy world).")
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, log.jsonl, config.json).")]
@@ -66,12 +70,13 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
     from .app import out, run_guarded
 
     def body():
+        check_output_dir(out_dir)
         cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
                              object_weight=object_weight)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
-        out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+        out.print(plain(f"VAE checkpoint at step {res.step}: {res.checkpoint}")) if not as_json else None
 
     run_guarded(body)
 
@@ -96,6 +101,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
     from .app import out, run_guarded
 
     def body():
+        check_output_dir(out_dir)
         cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, self_correction=self_correction,
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
@@ -104,7 +110,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
-        out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+        out.print(plain(f"transformer checkpoint at step {res.step}: {res.checkpoint}")) if not as_json else None
 
     run_guarded(body)
 
@@ -143,6 +149,11 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
     from .app import out, run_guarded
 
     def body():
+        from stepvar.io import check_output_path
+        from stepvar.training.latent_pool import check_pool_settings
+
+        check_pool_settings(n, size, layout)
+        check_output_path(out_file)
         dev = resolve_device(device)
         pool = build_latent_pool(_as_vae(vae).to(dev), n, seed, size, device=dev, layout=layout,
                                  on_progress=None if as_json else _every(2048, lambda k, total: out.print(f"encoded {k}/{total}")))
@@ -151,7 +162,7 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
             out.print_json(data={"path": str(out_file), "scenes": len(pool), "seed": seed, "image_size": size,
                                  "layout": layout, "encoder_sha256": pool.encoder_sha256})
         else:
-            out.print(f"{len(pool)} scenes -> {out_file}")
+            out.print(plain(f"{len(pool)} scenes -> {out_file}"))
 
     run_guarded(body)
 
@@ -165,7 +176,11 @@ def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer ru
 
     from .app import out, run_guarded
 
-    run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
+    def body():
+        check_output_dir(out_dir)
+        out.print(plain(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
+
+    run_guarded(body)
 
 
 def eval_cmd(
@@ -204,7 +219,7 @@ def eval_cmd(
             pipe = load_pipeline(model, weights, device=device)
             status = pipe.status
             if not pipe.trained:
-                err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")
+                err.print(note(f"{pipe.preset.name} is {pipe.status}; its score says nothing about trained quality"))
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
             sampling = sampling_options(model, cfg, tau, None, seed)

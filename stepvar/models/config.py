@@ -85,11 +85,9 @@ def _preset_root() -> Path:
 
 
 def _load_yaml(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a preset must be a YAML mapping")
-    return data
+    from ..user_files import read_yaml_mapping
+
+    return read_yaml_mapping(path, "preset")
 
 
 @dataclass
@@ -113,13 +111,28 @@ def list_model_presets() -> list[str]:
 
 
 def load_model_preset(name: str) -> ModelPreset:
-    path = _preset_root() / "models" / f"{name}.yaml"
+    from ..validate import check_name
+
+    path = _preset_root() / "models" / f"{check_name(name, 'model preset')}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(list_model_presets())}")
-    data = _load_yaml(path)
+    return _preset_from(name, _load_yaml(path), path)
+
+
+def load_model_preset_file(path: str | Path) -> ModelPreset:
+    """A model preset from a YAML file the user names on purpose (read safely, checked like a shipped one)."""
+    path = Path(path)
+    return _preset_from(path.stem, _load_yaml(path), path)
+
+
+def _preset_from(name: str, data: dict, path: Path) -> ModelPreset:
+    from ..validate import shown
+
     arch = data.pop("arch", {})
+    if not isinstance(arch, dict):
+        raise ConfigError(f"{shown(path)}: 'arch' must be a mapping of settings")
     try:
         cfg = InfinityConfig(name=name, **arch)
         return ModelPreset(name=name, arch=cfg, **data)
-    except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{shown(path)}: {shown(exc, 200)}") from None

@@ -40,6 +40,7 @@ from ..models.infinity import Infinity
 from ..schedules import ScaleSchedule, get_schedule
 from ..toy.grammar import MAX_TOKENS
 from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
+from ..validate import shown
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, check_cpu_bf16, clip_and_step, lr_at, \
     make_optimizer, read_training_checkpoint, resolve_device, run_job
 from .data import sample_pairs, to_model_images
@@ -365,18 +366,43 @@ def _same_encoder_vae(trained_on: dict, path: str | os.PathLike) -> dict:
     return new
 
 
+def read_export_meta(directory: str | os.PathLike) -> dict:
+    """An export's model.json, checked: a JSON object with the settings every loader reads, and
+    every weight file it names present. A bad export is a one-line error naming what is wrong."""
+    from ..user_files import check_regular_file, read_json
+
+    d = Path(directory)
+    meta = read_json(d / "model.json", "export file")
+    for key in ("arch", "vae", "text"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{shown(d / 'model.json')}: no '{key}' settings (not a `stepvar train export` model.json)")
+    if not isinstance(meta.get("trained_steps", 0), int):
+        raise CheckpointError(f"{shown(d / 'model.json')}: 'trained_steps' is not an integer")
+    for fname in EXPORT_FILES.values():
+        check_regular_file(d / fname, "export weights")
+    return meta
+
+
+def _export_config(cls, settings: dict, where: Path, what: str):
+    try:
+        return cls(**settings)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{shown(where / 'model.json')}: bad '{what}' settings ({shown(exc, 160)})") from None
+
+
 def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cpu"):
     """(Infinity, BSQVAE, ToyTextEncoder) from an export_embedded directory, fp32, eval mode, trained."""
     from ..loading.checkpoints import load_model_weights, load_vae_weights
 
     d = Path(directory)
-    meta = json.loads((d / "model.json").read_text())
-    arch = InfinityConfig(**meta["arch"])
+    meta = read_export_meta(d)
+    arch = _export_config(InfinityConfig, meta["arch"], d, "arch")
     model = Infinity(arch)
     load_model_weights(model, d / EXPORT_FILES["transformer"])
-    vae = BSQVAE(VAEConfig(**meta["vae"]))
+    vae = BSQVAE(_export_config(VAEConfig, meta["vae"], d, "vae"))
     load_vae_weights(vae, d / EXPORT_FILES["vae"])
-    text = ToyTextEncoder(ToyTextConfig(**{"mirror_relations": False, **meta["text"]}))  # older exports: unmirrored
+    # older exports: unmirrored
+    text = ToyTextEncoder(_export_config(ToyTextConfig, {"mirror_relations": False, **meta["text"]}, d, "text"))
     from safetensors.torch import load_file
 
     text.load_state_dict({k: v.float() for k, v in load_file(str(d / EXPORT_FILES["text_encoder"])).items()})
