@@ -35,7 +35,7 @@ def check_prompts(prompts: list[str]) -> list[str]:
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:  # bytes that were not UTF-8 arrive as lone surrogates
-            raise StepvarError(f"the prompt {shown(p, 80)!r} holds bytes that are not UTF-8 text") from None
+            raise StepvarError(f"the prompt '{shown(p, 80)}' holds bytes that are not UTF-8 text") from None
     return [p.strip() for p in prompts]
 
 

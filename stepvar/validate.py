@@ -46,7 +46,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 def check_name(name: str, what: str) -> str:
     """A preset name is a name: letters, digits, '.', '_', '+', '-', never a path or '..'."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(f"{what} {shown(name, 80)!r} is not a name (letters, digits, '.', '_', '-'; "
+        raise ConfigError(f"{what} '{shown(name, 80)}' is not a name (letters, digits, '.', '_', '-'; "
                           "a file is given with its own option)")
     return name
 

@@ -342,3 +342,123 @@ def test_bad_input_table_168_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 def test_case_count_in_the_name_is_true():
     assert len(CASES) == 168 and len({c[0] for c in CASES}) == len(CASES)
+
+
+# ---- security: each refused with one line, quickly ------------------------------------------------
+
+def _one_line_error(r) -> str:
+    assert r.exit_code == 2, (r.exit_code, r.stderr, r.exception)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["up", "abs", "link"])
+def test_shard_index_pointing_outside_its_directory_is_refused(fx, kind, no_hang):
+    import time
+
+    from stepvar.errors import CheckpointError
+    from stepvar.loading.containers import read_checkpoint
+
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory|not a file inside"):
+        read_checkpoint(fx / f"shard_{kind}")
+    line = _one_line_error(invoke(["inspect", f"{{fx}}/shard_{kind}"], fx, fx))
+    assert "refused" in line and time.perf_counter() - t0 < 10
+
+
+def test_shard_index_inside_its_directory_still_loads(tmp_path):
+    from stepvar.loading.containers import read_checkpoint, save_checkpoint
+
+    index = save_checkpoint({"a": torch.ones(3), "b": torch.zeros(2)}, tmp_path / "ok", "safetensors-sharded", n_shards=2)
+    assert set(read_checkpoint(index.parent).tensors) == {"a", "b"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "-p", "a red circle", "--model", "../../../tmp/evil"],
+    ["generate", "-p", "a red circle", "--model", "/etc/passwd"],
+    ["generate", "-p", "a red circle", "--method", "../../x"],
+    ["compare", "-p", "a red circle", "--methods", "dense,sub/dir", "--out", "{out}/c"],
+    ["inspect", "{fx}/intkeys.pth", "--model", "..\\x"],
+])
+def test_a_preset_name_with_a_path_in_it_is_refused(fx, tmp_path, argv):
+    assert "is not a name" in _one_line_error(invoke(argv, fx, tmp_path))
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_preset_file_is_read_safely(fx, tmp_path):
+    line = _one_line_error(invoke(["generate", "-p", "a red circle", "--method-file", "{fx}/evil.yaml",
+                                   "--out", "{out}/o.png"], fx, tmp_path))
+    assert "YAML tag refused" in line and "evil.yaml" in line
+    good = tmp_path / "mine.yaml"
+    good.write_text("method: stepvar\nkeep: 0.5\nnorm: rank\n")
+    r = invoke(["generate", "-p", "x", "-m", "tiny", "--method-file", str(good), "--out", "{out}/o.png", "--json"],
+               fx, tmp_path)
+    assert r.exit_code == 0, r.stderr
+    record = json.loads(r.stdout.splitlines()[-1])
+    assert record["pruning"]["keep"] == 0.5
+
+
+def test_escape_sequences_and_markup_in_keys_are_printed_escaped(tmp_path):
+    from stepvar.loading.checkpoints import save_checkpoint
+
+    from stepvar.models.config import load_model_preset
+    from stepvar.models.infinity import Infinity
+
+    path = tmp_path / "keys.safetensors"
+    sd = Infinity(load_model_preset("tiny").arch).state_dict()
+    save_checkpoint({**sd, "\x1b[2J\x1b[31mevil[/x][bold]": torch.zeros(2)}, path, "safetensors")
+    for args in (["inspect", str(path)], ["inspect", str(path), "--model", "tiny"], ["inspect", str(path), "--json"]):
+        r = runner.invoke(app, args)
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        assert r.exit_code in (0, 3) and "\x1b" not in r.output
+    assert "\\x1b[2J\\x1b[31mevil[/x][bold]" in runner.invoke(app, ["inspect", str(path), "--model", "tiny"]).stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "-p", "a [/x] red circle", "--out", "{out}/o.png"],
+    ["generate", "-p", "a \x1b]0;title\x07red [/x] circle", "--out", "{out}/o.png"],
+    ["generate", "-p", "a red circle", "--out", "{out}/[/x]\x1b[31m/o.png"],
+    ["compare", "--prompts", "{out}/[/x].txt", "--out", "{out}/c"],
+    ["eval", "--images", "{out}/[/x]"],
+])
+def test_markup_and_escape_sequences_in_prompts_and_paths_are_one_escaped_line(fx, tmp_path, argv):
+    line = _one_line_error(invoke(argv, fx, tmp_path))
+    assert "\x1b" not in line and "\x07" not in line
+    assert "[/x]" in line
+
+
+def test_a_fifo_given_as_a_checkpoint_is_refused_without_opening_it(fx, no_hang):
+    import time
+
+    t0 = time.perf_counter()
+    for argv in (["inspect", "{fx}/fifo"], ["generate", "-p", "x", "-m", "tiny", "--weights", "{fx}/fifo",
+                                             "--vae", "{fx}/fifo"]):
+        assert "FIFO" in _one_line_error(invoke(argv, fx, fx))
+    assert time.perf_counter() - t0 < 10
+
+
+def test_long_prompts_are_cut_in_error_lines(fx, tmp_path):
+    line = _one_line_error(invoke(["generate", "-p", "zzz " * 25_000, "--out", "{out}/o.png"], fx, tmp_path))
+    assert len(line) < 1000 and "characters" in line
+
+
+def test_checkpoint_errors_never_suggest_loading_without_weights_only(tmp_path):
+    import argparse
+    import os
+
+    # Pickled objects that weights_only refuses (torch's message then suggests weights_only=False,
+    # which stepvar must never pass on): a pickled function reference and a training-args object.
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": os.system, "args": argparse.Namespace(lr=1)}, evil)
+    for argv in (["inspect", str(evil)], ["train", "export", str(evil), "--out", str(tmp_path / "e")]):
+        line = _one_line_error(runner.invoke(app, argv))
+        assert "weights_only" not in line and "weights only" not in line.lower(), line
+
+
+def test_keep_listed_twice_is_measured_once(tmp_path):
+    r = runner.invoke(app, ["bench", "--flops-only", "--model", "tiny", "--methods", "stepvar", "--keep", "0.4,0.4",
+                            "--json"])
+    assert r.exit_code == 0, r.stderr
+    labels = [row["label"] for row in json.loads(r.stdout)["results"]]
+    assert labels.count("stepvar@0.4") == 1 and "measured once" in r.stderr

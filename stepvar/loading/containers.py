@@ -155,8 +155,17 @@ def _torch_load(p: Path, mmap: bool):
             with torch.serialization.safe_globals([_stub_global(n) for n in names]):
                 return load()
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-        hint = " (truncated or corrupt file?)" if isinstance(exc, (RuntimeError, EOFError)) else ""
-        raise CheckpointError(f"{p}: cannot read torch checkpoint: {_one_line(exc)}{hint}") from None
+        raise CheckpointError(f"{shown(p)}: cannot read torch checkpoint: {torch_load_problem(exc)}") from None
+
+
+def torch_load_problem(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in stepvar's words: torch's own message goes on to
+    advise loading with weights_only=False, which would run code from the file and is never done."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("it pickles objects other than tensors and plain containers; refused, since no code "
+                "from a checkpoint is ever run")
+    hint = " (truncated or corrupt file?)" if isinstance(exc, (RuntimeError, EOFError)) else ""
+    return _one_line(exc) + hint
 
 
 def _unpack_pickle(obj, p: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:

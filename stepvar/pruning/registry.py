@@ -49,7 +49,7 @@ def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict
     if engine == "dense":
         return Dense()
     if not isinstance(engine, str) or engine not in ENGINES:
-        raise ConfigError(f"method preset {shown(name, 80)!r} names an unknown engine {shown(engine, 80)!r}; "
+        raise ConfigError(f"method preset '{shown(name, 80)}' names an unknown engine '{shown(engine, 80)}'; "
                           f"known: dense, {', '.join(ENGINES)}")
     cls, cfg_cls = ENGINES[engine]
     if keep is not None:
@@ -58,14 +58,14 @@ def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ConfigError(f"method {shown(name, 80)!r}: unknown setting(s) {shown(', '.join(map(str, unknown)), 200)}; "
+        raise ConfigError(f"method '{shown(name, 80)}': unknown setting(s) {shown(', '.join(map(str, unknown)), 200)}; "
                           f"known: {', '.join(sorted(fields))}")
     try:
         cfg = cfg_cls(**data)
         _check_settings(cfg, name)
         return cls(cfg, name=name)
     except (TypeError, ValueError) as exc:  # a setting of the wrong type that the config's own checks missed
-        raise ConfigError(f"method {shown(name, 80)!r}: {shown(exc, 200)}") from None
+        raise ConfigError(f"method '{shown(name, 80)}': {shown(exc, 200)}") from None
 
 
 # The settings whose value is one of a few words; every other setting is checked by its type.
@@ -77,7 +77,7 @@ def _check_settings(cfg, name: str) -> None:
     """Every setting of a method config, before anything runs: words from their lists, finite numbers
     of the field's type, keep ratios in (0, 1], scale lists of integers."""
     def bad(field_name: str, value, expected: str) -> ConfigError:
-        return ConfigError(f"method {shown(name, 80)!r}: {field_name} must be {expected}, got {shown(repr(value), 80)}")
+        return ConfigError(f"method '{shown(name, 80)}': {field_name} must be {expected}, got {shown(repr(value), 80)}")
 
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -126,8 +126,8 @@ def parse_method_spec(spec: str) -> tuple[str, dict]:
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise ConfigError(f"method variant {shown(spec, 120)!r}: expected name:key=value[:key=value...]")
-        overrides[key.strip().replace("-", "_")] = parse_yaml(value, f"method variant {shown(spec, 120)!r}, {shown(key, 40)}")
+            raise ConfigError(f"method variant '{shown(spec, 120)}': expected name:key=value[:key=value...]")
+        overrides[key.strip().replace("-", "_")] = parse_yaml(value, f"method variant '{shown(spec, 120)}', {shown(key, 40)}")
     method_preset(name)  # unknown names fail here, with the list of known ones
     return name, overrides
 

@@ -33,7 +33,7 @@ from .. import __version__
 from ..devices import resolve_device  # noqa: F401  (re-exported for the trainers)
 from ..errors import CheckpointError, ConfigError, StepvarError
 from ..io import atomic_path
-from ..loading.containers import _one_line
+from ..loading.containers import torch_load_problem
 from ..validate import shown
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -200,8 +200,7 @@ def read_training_checkpoint(path: str | os.PathLike, kind: str | None = None, p
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        # _one_line keeps torch's first sentence only: never its advice to load without weights_only
-        raise CheckpointError(f"{shown(path)}: cannot read training checkpoint: {_one_line(exc)}") from None
+        raise CheckpointError(f"{shown(path)}: cannot read training checkpoint: {torch_load_problem(exc)}") from None
     if (not isinstance(ckpt, dict) or not isinstance(ckpt.get("kind"), str) or not isinstance(ckpt.get("modules"), dict)
             or not isinstance(ckpt.get("config"), dict)):
         raise CheckpointError(f"{shown(path)}: not a stepvar training checkpoint")
