@@ -53,3 +53,25 @@ def print_error(console: Console, message: str, prefix: str = "error:") -> None:
     line.append(prefix, style="bold red")
     line.append(" " + shown(message.splitlines()[0] if message else "", ERROR_LIMIT))
     console.print(line, highlight=False, soft_wrap=True)
+
+
+def step_progress(console: Console, total: int | None, label: str, enabled: bool = True):
+    """A progress bar on a terminal (steps done, rate, time left), advanced by calling the returned
+    function with the number of steps done; a no-op when the console is not a terminal."""
+    if not enabled or total is None or not console.is_terminal:
+        return lambda done: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import sys
+
+    # Log lines printed to a terminal stdout go above the bar; a redirected stdout stays a plain file.
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, transient=True, redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
+    task = bar.add_task(label, total=total)
+    bar.start()
+
+    def advance(done: int) -> None:
+        bar.update(task, completed=done)
+        if done >= total:
+            bar.stop()
+    return advance

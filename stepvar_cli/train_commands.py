@@ -10,7 +10,7 @@ import typer
 
 from stepvar.user_files import check_output_dir
 
-from .safe_print import note, plain
+from .safe_print import note, plain, step_progress
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the project's own small models (the toy world).")
 
@@ -44,8 +44,12 @@ def _optim(default, lr: float | None, warmup: int | None, decay: int | None, ste
                    decay_steps=base.decay_steps if decay is None else decay)
 
 
-def _log_printer(as_json: bool):
-    from .app import out
+def _log_printer(as_json: bool, steps: int | None = None, label: str = "training"):
+    """on_log for the trainers: the log lines on stdout, and on a terminal a progress bar on stderr
+    (updated with every log record, every 10 updates); nothing extra when piped."""
+    from .app import err, out
+
+    bar = step_progress(err, steps, label, enabled=not as_json and steps is not None)
 
     def on_log(record: dict) -> None:
         if as_json:
@@ -53,6 +57,7 @@ def _log_printer(as_json: bool):
         else:
             rest = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step",))
             out.print(f"step {record['step']}: {rest}")
+        bar(record["step"])
     return on_log
 
 
@@ -75,7 +80,8 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
                              object_weight=object_weight)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
-        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
+        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False,
+                        on_log=_log_printer(as_json, steps, "train vae"))
         out.print(plain(f"VAE checkpoint at step {res.step}: {res.checkpoint}")) if not as_json else None
 
     run_guarded(body)
@@ -109,7 +115,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                              form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
-                                on_log=_log_printer(as_json))
+                                on_log=_log_printer(as_json, steps, "train gpt"))
         out.print(plain(f"transformer checkpoint at step {res.step}: {res.checkpoint}")) if not as_json else None
 
     run_guarded(body)

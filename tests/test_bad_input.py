@@ -462,3 +462,23 @@ def test_keep_listed_twice_is_measured_once(tmp_path):
     assert r.exit_code == 0, r.stderr
     labels = [row["label"] for row in json.loads(r.stdout)["results"]]
     assert labels.count("stepvar@0.4") == 1 and "measured once" in r.stderr
+
+
+def test_a_full_disk_while_writing_the_image_is_one_line_and_leaves_nothing(tmp_path):
+    """`ulimit -f`: the write fails with EFBIG (Python ignores SIGXFSZ); no half-written file stays."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-m", "stepvar_cli.app", "generate", "-m", "tiny", "--device", "cpu",
+                        "-p", "x", "--out", str(out / "o.png")], capture_output=True, text=True, timeout=300,
+                       preexec_fn=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("note: model tiny is untrained")]
+    assert len(errors) == 1 and "o.png" in errors[0] and "File too large" in errors[0], r.stderr
+    assert list(out.iterdir()) == []

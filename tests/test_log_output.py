@@ -47,3 +47,19 @@ def test_a_terminal_keeps_its_own_width():
     console = LogConsole(file=io.StringIO(), force_terminal=True, width=100)
     assert console.width == 100
     assert LogConsole(file=io.StringIO()).width > 10_000
+
+
+def test_training_progress_shows_on_a_terminal_only():
+    import io
+
+    from stepvar_cli.safe_print import step_progress
+
+    tty = LogConsole(file=io.StringIO(), force_terminal=True, width=100)
+    advance = step_progress(tty, 20, "train vae")
+    advance(10)
+    advance(20)
+    assert "20/20" in tty.file.getvalue()
+    piped = LogConsole(file=io.StringIO())
+    advance = step_progress(piped, 20, "train vae")
+    advance(20)
+    assert piped.file.getvalue() == ""
