@@ -27,6 +27,10 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
     for p in prompts:
         parse(p)  # every prompt must be in the world's grammar: fail before generating anything
     sampling = sampling or SamplingConfig()
+    schedule = pipe.schedule()
+    sampling.validate(len(schedule))  # bad settings fail here, before the first image
+    if pruner is not None:
+        pruner.validate(schedule, len(pipe.model.blocks))
     base_seed = 0 if sampling.seed is None else sampling.seed
     images, used = [], []
     for i, prompt in enumerate(prompts):

@@ -263,8 +263,10 @@ def overhead(
     def body():
         if resolution not in RESOLUTIONS:
             raise StepvarError(f"no schedule for resolution {resolution}; choose one of {', '.join(map(str, RESOLUTIONS))}")
+        from stepvar.models.config import load_model_preset
         from stepvar.pruning.base import check_keep
         check_keep(keep)
+        load_model_preset(model)  # an unknown name (or a path) is refused before anything is built
         r = measure_selection_overhead(model, RESOLUTIONS[resolution], -1, keep, repeats=repeats,
                                        device=str(resolve_device(device)))
         if as_json:

@@ -77,6 +77,10 @@ def fx(tmp_path_factory) -> Path:
     (d / "shard_list" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["w"]}))
     (d / "shard_notjson").mkdir()
     (d / "shard_notjson" / "model.safetensors.index.json").write_text("{weight_map:")
+    (d / "empty.pth").write_bytes(b"")
+    (d / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    (d / "notindex.json").write_text('{"a": 1}')
+    (d / "long.txt").write_text("a red circle " + "zzz " * 30_000 + "\n")
     # image directories for `eval --images`
     info = PngImagePlugin.PngInfo()
     info.add_text("stepvar:prompt", "a red circle")
@@ -283,6 +287,63 @@ CASES: list[tuple[str, list[str]]] = [
     ("export-garbage", ["train", "export", "{fx}/garbage.pth", "--out", "{out}/e"]),
     ("export-fifo", ["train", "export", "{fx}/fifo", "--out", "{out}/e"]),
     ("export-out-file", ["train", "export", "{fx}/intkeys.pth", "--out", "{out}/afile"]),
+    # ---- more of the same, found by trying every command with bad values
+    ("gen-keep-and-table", ["generate", "-p", "a red circle", "--method", "stepvar", "--keep", "0.4", "--keep-per-scale", "5:0.4"]),
+    ("gen-vae-without-weights", ["generate", "-p", "a red circle", "--vae", str(ASSETS)]),
+    ("gen-text-encoder-on-toy", ["generate", "-p", "a red circle", "--text-encoder", str(ASSETS)]),
+    ("gen-cfg-count", ["generate", "-p", "a red circle", "--cfg", "1,2"]),
+    ("gen-cfg-empty", ["generate", "-p", "a red circle", "--cfg", ",,,"]),
+    ("gen-size-negative", ["generate", "-p", "a red circle", "--size", "-5x10"]),
+    ("gen-aspect-inf", ["generate", "-p", "a red circle", "--aspect", "inf"]),
+    ("gen-resolution-negative", ["generate", "-p", "a red circle", "--resolution", "-1"]),
+    ("gen-out-empty", ["generate", "-p", "a red circle", "--out", ""]),
+    ("gen-out-is-dir", ["generate", "-p", "a red circle", "--out", "{out}"]),
+    ("gen-seed-empty", ["generate", "-p", "a red circle", "--seed", ""]),
+    ("gen-tiny-weights-text", ["generate", "-p", "x", "-m", "tiny", "--weights", "{fx}/grammar.txt", "--vae", "{fx}/grammar.txt"]),
+    ("gen-tiny-weights-empty", ["generate", "-p", "x", "-m", "tiny", "--weights", "{fx}/empty.pth", "--vae", "{fx}/empty.pth"]),
+    ("gen-125m-bad-safetensors", ["generate", "-p", "x", "-m", "infinity-125m", "--weights", "{fx}/bad.safetensors", "--vae", "{fx}/bad.safetensors"]),
+    ("gen-125m-text-encoder-missing", ["generate", "-p", "x", "-m", "infinity-125m", "--text-encoder", "{fx}/nope"]),
+    ("inspect-empty", ["inspect", "{fx}/empty.pth"]),
+    ("inspect-bad-safetensors", ["inspect", "{fx}/bad.safetensors"]),
+    ("inspect-json-not-index", ["inspect", "{fx}/notindex.json"]),
+    ("overhead-keep-0", ["overhead", "--keep", "0"]),
+    ("overhead-repeats-neg", ["overhead", "--repeats", "-1"]),
+    ("bench-methods-empty", ["bench", "--methods", "", "--out", "{out}/b"]),
+    ("bench-methods-commas", ["bench", "--methods", ",,,", "--out", "{out}/b"]),
+    ("bench-dense-at-keep", ["bench", "--methods", "dense@0.4", "--out", "{out}/b"]),
+    ("bench-at-junk", ["bench", "--methods", "fastvar@abc", "--out", "{out}/b"]),
+    ("bench-variant-no-key", ["bench", "--methods", "stepvar:=1", "--out", "{out}/b"]),
+    ("bench-variant-nested-scales", ["bench", "--methods", "stepvar:scales=[1,[2]]", "--out", "{out}/b"]),
+    ("bench-variant-keep-mapping", ["bench", "--methods", "stepvar:keep={a: 1}", "--out", "{out}/b"]),
+    ("bench-resolution-empty", ["bench", "--resolution", "", "--out", "{out}/b"]),
+    ("bench-aspect-junk", ["bench", "--aspect", "junk", "--out", "{out}/b"]),
+    ("bench-prompt-empty", ["bench", "--prompt", "", "--out", "{out}/b"]),
+    ("bench-top-p-0", ["bench", "--top-p", "0", "--out", "{out}/b"]),
+    ("bench-flops-aspect", ["bench", "--flops-only", "--aspect", "junk", "--out", "{out}/b"]),
+    ("bench-flops-model-path", ["bench", "--flops-only", "-m", "../x", "--out", "{out}/b"]),
+    ("compare-size-junk", ["compare", "-p", "a red circle", "--size", "junk", "--out", "{out}/c"]),
+    ("compare-keep-0", ["compare", "-p", "a red circle", "--keep", "0", "--out", "{out}/c"]),
+    ("compare-no-prompt", ["compare", "--out", "{out}/c"]),
+    ("compare-prompts-100kb-line", ["compare", "--prompts", "{fx}/long.txt", "--out", "{out}/c"]),
+    ("compare-cfg-count", ["compare", "-p", "a red circle", "--cfg", "1,2", "--out", "{out}/c"]),
+    ("eval-method-unknown", ["eval", "--method", "bogus"]),
+    ("eval-keep-2", ["eval", "--method", "stepvar", "--keep", "2"]),
+    ("eval-tau-0", ["eval", "--tau", "0"]),
+    ("eval-cfg-count", ["eval", "--cfg", "1,2"]),
+    ("vae-init-text-file", ["train", "vae", "--out", "{out}/r", "--init-from", "{fx}/grammar.txt"]),
+    ("vae-decoder-only-alone", ["train", "vae", "--out", "{out}/r", "--decoder-only"]),
+    ("gpt-init-missing", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--init-from", "{fx}/nope"]),
+    ("gpt-latents-missing", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--latents", "{fx}/nope"]),
+    ("gpt-latents-bad", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--latents", "{fx}/bad.safetensors"]),
+    ("gpt-prefix-scales-0", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--prefix-scales", "0"]),
+    ("gpt-form-weights-count", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--form-weights", "1,1"]),
+    ("gpt-form-weights-negative", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--form-weights", "-1,1,1"]),
+    ("gpt-form-weights-zero", ["train", "gpt", "--out", "{out}/r", "--vae", str(ASSETS), "--form-weights", "0,0,0"]),
+    ("gpt-vae-text-file", ["train", "gpt", "--out", "{out}/r", "--vae", "{fx}/grammar.txt"]),
+    ("latents-vae-text-file", ["train", "latents", "--out", "{out}/p.safetensors", "--vae", "{fx}/grammar.txt"]),
+    ("export-text-file", ["train", "export", "{fx}/grammar.txt", "--out", "{out}/e"]),
+    ("export-empty", ["train", "export", "{fx}/empty.pth", "--out", "{out}/e"]),
+    ("export-vae-missing", ["train", "export", "{fx}/nope", "--out", "{out}/e", "--vae", "{fx}/nope"]),
 ]
 
 runner = CliRunner()
@@ -322,8 +383,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_168_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """168 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_224_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """224 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -341,7 +402,7 @@ def test_bad_input_table_168_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 168 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 224 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------
