@@ -32,6 +32,7 @@ from .safe_print import print_error
 ModelFileOpt = Annotated[Optional[Path], typer.Option("--model-file", help="A model preset YAML file (instead of --model NAME).")]
 MethodFileOpt = Annotated[Optional[Path], typer.Option("--method-file", help="A method preset YAML file (instead of --method NAME).")]
 
+
 def check_parsed_options() -> None:
     """Validate the running command's parsed options (stepvar.validate's rules); raises ConfigError."""
     ctx = get_current_context(silent=True)
@@ -59,9 +60,11 @@ class OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click_errors.NoArgsIsHelpError as exc:  # `stepvar` alone: the help, as before
-            print(exc.format_message())
-            sys.exit(0)
+        except click_errors.NoArgsIsHelpError as exc:  # `stepvar` alone: the help, as Typer shows it
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
         except click_errors.ClickException as exc:
             from stepvar_cli.app import err  # the app's stderr console (tests capture it)
 
