@@ -17,16 +17,16 @@ import torch
 from . import __version__
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, StepvarError
-from .validate import shown
+from .loading.embedded import embedded_dir, load_embedded_preset
 from .models.bsq_vae import VAE_PRESETS, BSQVAE
-from .models.config import InfinityConfig, ModelPreset, load_model_preset
+from .models.config import DEFAULT_MODEL, ModelPreset, load_model_preset  # noqa: F401  (DEFAULT_MODEL: part of this API)
 from .models.infinity import Infinity
 from .pruning.base import Dense, Pruner
 from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint8
-from .schedules import ScaleSchedule, get_schedule
+from . import schedules
+from .schedules import ScaleSchedule
 from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
 
-DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
 
 
 @dataclass
@@ -56,8 +56,14 @@ class Pipeline:
     def status(self) -> str:
         return "trained" if self.trained else "untrained (random weights)"
 
-    def schedule(self, budget: str | None = None, template: float = 1.0) -> ScaleSchedule:
-        return get_schedule(budget or self.preset.arch.default_budget, template, self.vae.cfg.token_stride)
+    def schedule(self, budget: str | None = None, aspect: str | float | None = None, *, resolution: int | None = None,
+                 size: str | tuple[int, int] | None = None) -> ScaleSchedule:
+        """stepvar.schedules.schedule for this model: its VAE's token stride, and its own pixel budget
+        when no budget, resolution or size is given."""
+        if budget is None and resolution is None and size is None:
+            budget = self.preset.arch.default_budget
+        return schedules.schedule(budget, aspect, resolution=resolution, size=size,
+                                  token_stride=self.vae.cfg.token_stride)
 
     def check_prompts(self, prompts: list[str]) -> list[str]:
         """Refuse, before any run, a prompt this model's text encoder cannot take (the toy grammar)."""
@@ -138,7 +144,7 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
     --text-encoder pointing at local files.
     """
-    preset = model if isinstance(model, ModelPreset) else load_model_preset(model or DEFAULT_MODEL)
+    preset = model if isinstance(model, ModelPreset) else load_model_preset(model)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
@@ -182,46 +188,6 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
     if dt != torch.float32:
         net.cast_blocks(dt)
     return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources)
-
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-
-
-def embedded_dir(preset: ModelPreset) -> Path:
-    """Where an embedded preset's exported weights live inside the installed package."""
-    return ASSETS / preset.name
-
-
-def embedded_meta(preset: ModelPreset, directory: str | Path | None = None) -> dict:
-    from .training.train_gpt import read_export_meta
-
-    path = Path(directory or embedded_dir(preset)) / "model.json"
-    if path.is_file():
-        return read_export_meta(path.parent)
-    if directory is not None:
-        raise StepvarError(f"{shown(directory)}: not an export of {preset.name} (no model.json; "
-                           "make one with `stepvar train export`)")
-    raise StepvarError(f"{preset.name}: its embedded weights are missing ({path}); reinstall stepvar")
-
-
-def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = None):
-    """(Infinity, BSQVAE, text encoder, model.json) from the package's assets, or from another export
-    of the same model (`directory`, e.g. a continued training run); the preset's arch must match."""
-    from dataclasses import asdict
-
-    from .training.train_gpt import load_embedded
-
-    meta = embedded_meta(preset, directory)
-    # A field the export's model.json predates counts at its default (e.g. abs_pos_grid 0).
-    from .training.train_gpt import _export_config
-
-    shipped = asdict(_export_config(InfinityConfig, meta["arch"], Path(directory or embedded_dir(preset)), "arch"))
-    declared = asdict(preset.arch)
-    diff = sorted(k for k in declared if k not in ("name", "description") and declared[k] != shipped[k])
-    if diff:
-        where = "embedded weights" if directory is None else f"the export in {directory}"
-        raise StepvarError(f"{preset.name}: preset and {where} disagree on {', '.join(diff)}")
-    return (*load_embedded(directory or embedded_dir(preset)), meta)
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

@@ -66,7 +66,7 @@ class OneLineErrors(TyperGroup):
             rich_utils.rich_format_error(exc)
             sys.exit(exc.exit_code)
         except click_errors.ClickException as exc:
-            from stepvar_cli.app import err  # the app's stderr console (tests capture it)
+            from .console import err  # the app's stderr console (tests capture it)
 
             hint = ""
             ctx = getattr(exc, "ctx", None)

@@ -373,7 +373,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(stepvar.pipeline.Pipeline, "generate", started)
     for module, name in (("stepvar.training.train_vae", "run_job"), ("stepvar.training.train_gpt", "run_job"),
                          ("stepvar.training.latent_pool", "build_latent_pool"),
-                         ("stepvar.overhead", "measure_selection_overhead")):
+                         ("stepvar.eval.overhead", "measure_selection_overhead")):
         monkeypatch.setattr(importlib.import_module(module), name, started)
 
 

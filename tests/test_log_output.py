@@ -5,7 +5,7 @@ import json
 
 from typer.testing import CliRunner
 
-from stepvar.report_md import bench_compact_rows, compare_compact_rows
+from stepvar.eval.report_md import bench_compact_rows, compare_compact_rows
 from stepvar_cli.app import app
 from stepvar_cli.safe_print import LogConsole
 

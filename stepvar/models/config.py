@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-
-import yaml
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..preset_registry import load_preset, preset_names, preset_path
 
 
 @dataclass
 class InfinityConfig:
-    """Shapes of an Infinity transformer. Every released model fixes the flags of spec §2.
+    """Shapes of an Infinity transformer. Every released model fixes the same behaviour flags.
 
     Only the shape fields vary between presets; the behaviour flags (cos-attention,
     shared AdaLN, head AdaLN, bitwise head, level embedding before block 0, star RoPE)
@@ -80,14 +78,7 @@ class InfinityConfig:
         return dataclasses.asdict(self)
 
 
-def _preset_root() -> Path:
-    return Path(str(resources.files("stepvar.presets")))
-
-
-def _load_yaml(path: Path) -> dict:
-    from ..user_files import read_yaml_mapping
-
-    return read_yaml_mapping(path, "preset")
+DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
 
 
 @dataclass
@@ -107,22 +98,21 @@ class ModelPreset:
 
 
 def list_model_presets() -> list[str]:
-    return sorted(p.stem for p in (_preset_root() / "models").glob("*.yaml"))
+    return preset_names("models")
 
 
-def load_model_preset(name: str) -> ModelPreset:
-    from ..validate import check_name
-
-    path = _preset_root() / "models" / f"{check_name(name, 'model preset')}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(list_model_presets())}")
-    return _preset_from(name, _load_yaml(path), path)
+def load_model_preset(name: str | None = None) -> ModelPreset:
+    """A model preset by name; None is the default model."""
+    name = name or DEFAULT_MODEL
+    return _preset_from(name, load_preset("models", name), preset_path("models", name))
 
 
 def load_model_preset_file(path: str | Path) -> ModelPreset:
     """A model preset from a YAML file the user names on purpose (read safely, checked like a shipped one)."""
+    from ..user_files import read_yaml_mapping
+
     path = Path(path)
-    return _preset_from(path.stem, _load_yaml(path), path)
+    return _preset_from(path.stem, read_yaml_mapping(path, "model preset"), path)
 
 
 def _preset_from(name: str, data: dict, path: Path) -> ModelPreset:

@@ -1,91 +1,116 @@
-"""Methods by name, built from YAML presets (presets/methods/*.yaml) plus overrides.
+"""Methods by name: the one place where pruning methods register, and their presets.
 
-A preset names its engine (`method: stepvar` or `method: fastvar`) and sets config
-fields; anything given on the command line overrides the preset, and the resolved
-settings are saved with every output.
+A method is a Pruner subclass registered here under its name (register_method). A preset
+(presets/methods/*.yaml) names a registered method (`method: stepvar`) and sets fields of
+its config; anything given on the command line overrides the preset, and the resolved
+settings are saved with every output. A registered method needs no preset: its name alone
+runs it with its config's defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.config import _load_yaml, _preset_root
+from ..preset_registry import load_preset, preset_names, read_yaml
 from ..user_files import parse_yaml
 from ..validate import check_name, shown
 from .base import Dense, Pruner
-from .fastvar import FastVAR, FastVARConfig
-from .propagation import METRICS
-from .scores import BORDERS, INITS, NORMS, ORDERS, ROUNDINGS
-from .stepvar import CFG_ROWS, PROPAGATE, SCORES, SELECTIONS, StepVAR, StepVARConfig
+from .fastvar import FastVAR
+from .stepvar import StepVAR
 
-ENGINES = {"stepvar": (StepVAR, StepVARConfig), "fastvar": (FastVAR, FastVARConfig)}
+METHODS: dict[str, type[Pruner]] = {}
+
+
+def register_method(cls: type[Pruner], name: str | None = None) -> type[Pruner]:
+    """Make a Pruner class available by name to make_pruner, generate, bench and compare.
+
+    Usable as a class decorator. Registering another class under a taken name is an error.
+    """
+    key = name or cls.name
+    if key in METHODS and METHODS[key] is not cls:
+        raise ConfigError(f"method {key!r} is already registered (by {METHODS[key].__qualname__})")
+    METHODS[key] = cls
+    return cls
+
+
+for _cls in (Dense, StepVAR, FastVAR):
+    register_method(_cls)
 
 
 def list_methods() -> list[str]:
-    return sorted(p.stem for p in (_preset_root() / "methods").glob("*.yaml"))
+    """Every method name: the presets, and registered methods without a preset of their own name."""
+    return sorted(set(preset_names("methods")) | set(METHODS))
 
 
 def method_preset(name: str) -> dict:
-    path = _preset_root() / "methods" / f"{check_name(name, 'method')}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
-    return _load_yaml(path)
+    check_name(name, "method")  # a name, never a path
+    if name in preset_names("methods"):
+        return load_preset("methods", name)
+    if name in METHODS:
+        return {"method": name, "description": (METHODS[name].__doc__ or "").strip().split("\n")[0]}
+    raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
+
+
+def default_keep(name: str):
+    """The keep a method runs at unless told otherwise: its preset's, else its config's default (None: it has none)."""
+    data = method_preset(name)
+    if "keep" in data:
+        return data["keep"]
+    cls = METHODS.get(data.get("method", name))
+    fields = {f.name: f for f in dataclasses.fields(cls.config_class)} if cls is not None else {}
+    field = fields.get("keep")
+    return None if field is None or field.default is dataclasses.MISSING else field.default
 
 
 def method_preset_file(path: str | Path) -> tuple[str, dict]:
     """(name, settings) of a method preset from a YAML file the user names on purpose."""
     path = Path(path)
-    return path.stem, _load_yaml(path)
+    return path.stem, read_yaml(path)
 
 
 def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict | None = None, **overrides) -> Pruner:
-    """Build a method by preset name (or from `preset`, the settings of a preset file).
+    """Build a method by preset or registered name (or from `preset`, the settings of a preset file).
     keep=None keeps the preset's own keep ratios."""
     data = dict(method_preset(name) if preset is None else preset)
     engine = data.pop("method", name)
     data.pop("description", None)
-    if engine == "dense":
-        return Dense()
-    if not isinstance(engine, str) or engine not in ENGINES:
-        raise ConfigError(f"method preset '{shown(name, 80)}' names an unknown engine '{shown(engine, 80)}'; "
-                          f"known: dense, {', '.join(ENGINES)}")
-    cls, cfg_cls = ENGINES[engine]
+    if not isinstance(engine, str) or engine not in METHODS:
+        raise ConfigError(f"method preset '{shown(name, 80)}' names an unknown method '{shown(engine, 80)}'; "
+                          f"registered: {', '.join(sorted(METHODS))}")
+    cls = METHODS[engine]
+    config_class = cls.config_class
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    if not fields:
+        return cls(name=name)  # a method without settings (dense) runs the same whatever keep or scales say
     if keep is not None:
         data["keep"] = keep
     data.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
+        known = ", ".join(sorted(fields)) or "none"
         raise ConfigError(f"method '{shown(name, 80)}': unknown setting(s) {shown(', '.join(map(str, unknown)), 200)}; "
-                          f"known: {', '.join(sorted(fields))}")
+                          f"known: {known}")
     try:
-        cfg = cfg_cls(**data)
-        _check_settings(cfg, name)
-        return cls(cfg, name=name)
+        config = config_class(**data)
+        _check_settings(config, name)
+        return cls(config, name=name)
     except (TypeError, ValueError) as exc:  # a setting of the wrong type that the config's own checks missed
         raise ConfigError(f"method '{shown(name, 80)}': {shown(exc, 200)}") from None
 
 
-# The settings whose value is one of a few words; every other setting is checked by its type.
-CHOICES = {"score": SCORES, "selection": SELECTIONS, "cfg_rows": CFG_ROWS, "propagate": PROPAGATE, "norm": NORMS,
-           "power_init": INITS, "border": BORDERS, "order": ORDERS, "rounding": ROUNDINGS, "metric": METRICS}
-
-
-def _check_settings(cfg, name: str) -> None:
-    """Every setting of a method config, before anything runs: words from their lists, finite numbers
-    of the field's type, keep ratios in (0, 1], scale lists of integers."""
+def _check_settings(config, name: str) -> None:
+    """Every setting of a method config by its type, before anything runs: finite numbers, integers,
+    booleans, keep ratios in (0, 1], lists of scale indices; then the config's own check() (the
+    settings that take one of a few words)."""
     def bad(field_name: str, value, expected: str) -> ConfigError:
         return ConfigError(f"method '{shown(name, 80)}': {field_name} must be {expected}, got {shown(repr(value), 80)}")
 
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        default = f.default
-        if f.name in CHOICES:
-            if value not in CHOICES[f.name]:
-                raise bad(f.name, value, "one of " + ", ".join(CHOICES[f.name]))
-        elif f.name == "keep":
+    for f in dataclasses.fields(config):
+        value, default = getattr(config, f.name), f.default
+        if f.name == "keep":
             items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
             if value is not None and (not items or not all(_is_number(v) and 0 < v <= 1 for v in items)):
                 raise bad("keep", value, "a ratio in (0, 1], a list of them, or a scale:ratio mapping")
@@ -103,6 +128,12 @@ def _check_settings(cfg, name: str) -> None:
         elif isinstance(default, float):
             if not _is_number(value):
                 raise bad(f.name, value, "a finite number")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise bad(f.name, value, "a word")
+    check = getattr(config, "check", None)
+    if check is not None:
+        check()
 
 
 def _is_int(v) -> bool:
@@ -110,9 +141,22 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-    import math
-
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def pruner_from_settings(method: str, keep: float | None = None, keep_per_scale: dict[int, float] | None = None,
+                         first_scale: int | None = None, preset: dict | None = None) -> Pruner:
+    """A method with one keep ratio, or a keep ratio per scale index (which then are the pruned
+    scales), optionally pruning every scale from first_scale on. `preset`: the settings of a method
+    preset file, which then defines the method named `method`."""
+    if keep_per_scale is not None and keep is not None:
+        raise ConfigError("give either keep or keep_per_scale, not both")
+    overrides = {}
+    if keep_per_scale is not None:
+        overrides["scales"] = sorted(keep_per_scale)
+    if first_scale is not None:
+        overrides["first_scale"] = first_scale
+    return make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, preset=preset, **overrides)
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict]:

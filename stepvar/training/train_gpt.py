@@ -3,11 +3,11 @@
 One update:
   1. render a batch of (prompt, image) pairs (fresh scenes every step);
   2. frozen VAE: encode, then multi-scale residual bits (targets) and next-scale inputs, with
-     optional bitwise self-correction (spec §12: flip each bit of the first scales with a per-image
+     optional bitwise self-correction (flip each bit of the first scales with a per-image
      probability drawn from {0, 0.01, ..., strength}; labels correct the corrupted trajectory);
   3. encode the prompts with the toy text encoder (trained jointly); with probability cfg_dropout a
      row's text is replaced by the learned null text model.uncond_text(mask), which is what
-     classifier-free guidance uses at sampling time (spec §8);
+     classifier-free guidance uses at sampling time;
   4. teacher-forced forward over all scales at once (block-causal mask), cross-entropy over every
      bit of every token (logits (B, Lt, d, 2)), averaged uniformly over tokens and bits;
      optionally `prefix_batch` extra rows run only the first `prefix_scales` scales. Because the
@@ -34,13 +34,13 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..loading.containers import save_checkpoint
-from ..models.bsq_vae import BSQVAE, VAEConfig
+from ..loading.embedded import EXPORT_FILES, load_embedded
+from ..models.bsq_vae import BSQVAE
 from ..models.config import InfinityConfig
 from ..models.infinity import Infinity
 from ..schedules import ScaleSchedule, get_schedule
 from ..toy.grammar import MAX_TOKENS
 from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
-from ..validate import shown
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, check_cpu_bf16, clip_and_step, lr_at, \
     make_optimizer, read_training_checkpoint, resolve_device, run_job
 from .data import sample_pairs, to_model_images
@@ -301,7 +301,7 @@ class GPTJob(Job):
         return self.update(self.next_batch(), step)
 
 
-def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
+def as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
     """A BSQVAE, an export directory's VAE, or a VAE training run's."""
     if isinstance(vae, BSQVAE):
         return vae
@@ -317,7 +317,7 @@ def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps:
 
     `vae`: a BSQVAE, or a VAE training checkpoint / run directory (train_vae's output).
     """
-    job = GPTJob(config, _as_vae(vae))
+    job = GPTJob(config, as_vae(vae))
     return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
 
 
@@ -325,8 +325,6 @@ def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps:
 # Export for shipping (the embedded model)
 # --------------------------------------------------------------------------------------------------
 
-EXPORT_FILES = {"transformer": "transformer.safetensors", "vae": "vae.safetensors",
-                "text_encoder": "text_encoder.safetensors"}
 
 
 def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -364,51 +362,3 @@ def _same_encoder_vae(trained_on: dict, path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: its encoder differs from the one the transformer was trained on; "
                               "only a decoder-only fine-tune of that VAE can replace it")
     return new
-
-
-def read_export_meta(directory: str | os.PathLike) -> dict:
-    """An export's model.json, checked: a JSON object with the settings every loader reads, and
-    every weight file it names present. A bad export is a one-line error naming what is wrong."""
-    from ..user_files import check_regular_file, read_json
-
-    d = Path(directory)
-    meta = read_json(d / "model.json", "export file")
-    for key in ("arch", "vae", "text"):
-        if not isinstance(meta.get(key), dict):
-            raise CheckpointError(f"{shown(d / 'model.json')}: no '{key}' settings (not a `stepvar train export` model.json)")
-    if not isinstance(meta.get("trained_steps", 0), int):
-        raise CheckpointError(f"{shown(d / 'model.json')}: 'trained_steps' is not an integer")
-    for fname in EXPORT_FILES.values():
-        check_regular_file(d / fname, "export weights")
-    return meta
-
-
-def _export_config(cls, settings: dict, where: Path, what: str):
-    try:
-        return cls(**settings)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{shown(where / 'model.json')}: bad '{what}' settings ({shown(exc, 160)})") from None
-
-
-def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cpu"):
-    """(Infinity, BSQVAE, ToyTextEncoder) from an export_embedded directory, fp32, eval mode, trained."""
-    from ..loading.checkpoints import load_model_weights, load_vae_weights
-
-    d = Path(directory)
-    meta = read_export_meta(d)
-    arch = _export_config(InfinityConfig, meta["arch"], d, "arch")
-    model = Infinity(arch)
-    load_model_weights(model, d / EXPORT_FILES["transformer"])
-    vae = BSQVAE(_export_config(VAEConfig, meta["vae"], d, "vae"))
-    load_vae_weights(vae, d / EXPORT_FILES["vae"])
-    # older exports: unmirrored
-    text = ToyTextEncoder(_export_config(ToyTextConfig, {"mirror_relations": False, **meta["text"]}, d, "text"))
-    from safetensors.torch import load_file
-
-    text.load_state_dict({k: v.float() for k, v in load_file(str(d / EXPORT_FILES["text_encoder"])).items()})
-    text.trained = True
-    for m in (model, vae, text):
-        m.float().to(device).eval()
-    model.init_buffers(device)
-    return model, vae, text
-

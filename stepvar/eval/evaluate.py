@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StepvarError
-from .io import save_image, save_json
-from .pipeline import Pipeline
-from .pruning.base import Pruner
-from .sampling import SamplingConfig
-from .toy.evaluator import EvalReport, evaluate, load_prompts
-from .toy.grammar import parse
+from ..errors import StepvarError
+from ..io import save_image, save_json
+from ..pipeline import Pipeline
+from ..pruning.base import Pruner
+from ..sampling import SamplingConfig
+from ..toy.evaluator import EvalReport, evaluate, load_prompts
+from ..toy.grammar import parse
 
 
 def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: Pruner | None = None,
@@ -51,8 +51,8 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
 
 def evaluate_image_dir(directory: Path) -> EvalReport:
     """Score saved PNGs whose prompt is in their stepvar text chunk (as `generate` writes them)."""
-    from .user_files import open_image_rgb
-    from .validate import shown
+    from ..user_files import open_image_rgb
+    from ..validate import shown
 
     if not Path(directory).is_dir():
         raise StepvarError(f"--images {shown(directory)}: not a directory")
