@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from .errors import StepvarError
+from .validate import shown
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
@@ -29,10 +30,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise StepvarError(f"output directory does not exist: {directory}")
+        raise StepvarError(f"output directory does not exist: {shown(directory)}")
     if not os.access(directory, os.W_OK):
-        raise StepvarError(f"output directory is not writable: {directory}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        raise StepvarError(f"output directory is not writable: {shown(directory)}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise StepvarError(f"cannot write {shown(path)}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -43,9 +47,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should look like any other file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a file size limit, a vanished directory: the user's to fix
+            raise StepvarError(f"cannot write {shown(path)}: {exc.strerror or exc}") from None
         raise
 
 
@@ -53,14 +59,21 @@ def check_output_path(path: str | Path, suffixes: dict[str, str] | None = None) 
     """Fail early (before any compute) on an output path that cannot be written."""
     path = Path(path)
     if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise StepvarError(f"unsupported output type {path.suffix or '(none)'!r} for {path}; use {', '.join(suffixes)}")
+        raise StepvarError(f"unsupported output type {shown(path.suffix or '(none)', 40)!r} for {shown(path)}; "
+                           f"use {', '.join(suffixes)}")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise StepvarError(f"output directory does not exist: {directory}")
+        raise StepvarError(f"output directory does not exist: {shown(directory)}")
     if not os.access(directory, os.W_OK):
-        raise StepvarError(f"output directory is not writable: {directory}")
+        raise StepvarError(f"output directory is not writable: {shown(directory)}")
     if path.is_dir():
-        raise StepvarError(f"output path is a directory: {path}")
+        raise StepvarError(f"output path is a directory: {shown(path)}")
+    try:  # os.access trusts permission bits; only creating a file shows that a file can be created here
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as exc:
+        raise StepvarError(f"cannot write {shown(path)}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 
@@ -118,5 +131,7 @@ def save_text(path: str | Path, text: str) -> Path:
 
 
 def read_png_metadata(path: str | Path) -> dict:
-    with Image.open(path) as img:
-        return {k.split(":", 1)[1]: v for k, v in img.text.items() if k.startswith("stepvar:")}
+    from .user_files import open_image_rgb
+
+    _, text = open_image_rgb(path, "image")
+    return {k.split(":", 1)[1]: v for k, v in text.items() if k.startswith("stepvar:")}

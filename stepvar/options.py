@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from .errors import ConfigError
+from .validate import shown
 
 
 def parse_float_list(text: str | float | None, name: str) -> float | list[float] | None:
@@ -12,7 +15,9 @@ def parse_float_list(text: str | float | None, name: str) -> float | list[float]
     try:
         values = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--{name} must be a number or a comma list of numbers, got {text!r}") from None
+        raise ConfigError(f"--{name} must be a number or a comma list of numbers, got '{shown(text, 80)}'") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--{name} must hold finite numbers, got '{shown(text, 80)}'")
     if not values:
         raise ConfigError(f"--{name} is empty")
     return values[0] if len(values) == 1 else values
@@ -28,7 +33,9 @@ def parse_keep_table(text: str | None) -> dict[int, float] | None:
             si, keep = part.split(":")
             table[int(si)] = float(keep)
         except ValueError:
-            raise ConfigError(f"--keep-per-scale must look like 9:0.6,10:0.5 (scale:keep), got {text!r}") from None
+            raise ConfigError(f"--keep-per-scale must look like 9:0.6,10:0.5 (scale:keep), got '{shown(text, 80)}'") from None
+        if not 0.0 < table[int(si)] <= 1.0:
+            raise ConfigError(f"--keep-per-scale: keep of scale {si.strip()} must be in (0, 1], got {shown(keep, 40)}")
     return table
 
 
@@ -38,4 +45,4 @@ def parse_int_list(text: str | None, name: str) -> list[int] | None:
     try:
         return [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--{name} must be a comma list of integers, got {text!r}") from None
+        raise ConfigError(f"--{name} must be a comma list of integers, got '{shown(text, 80)}'") from None

@@ -65,6 +65,14 @@ class Pipeline:
         return schedules.schedule(budget, aspect, resolution=resolution, size=size,
                                   token_stride=self.vae.cfg.token_stride)
 
+    def check_prompts(self, prompts: list[str]) -> list[str]:
+        """Refuse, before any run, a prompt this model's text encoder cannot take (the toy grammar)."""
+        prompts = check_prompts(list(prompts))
+        tokenize = getattr(self.text_encoder, "tokenize", None)  # the toy encoder parses without running
+        if tokenize is not None:
+            tokenize(prompts)
+        return prompts
+
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
                  sampling: SamplingConfig | None = None, on_scale=None, decode: bool = True,
@@ -127,7 +135,7 @@ def _build_untrained(preset: ModelPreset, seed: int) -> tuple[Infinity, BSQVAE]:
     return model, vae
 
 
-def load_pipeline(model: str | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
+def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
                   text_encoder: str | Path | None = None, device: str = "auto", dtype: str = "auto",
                   init_seed: int = 0) -> Pipeline:
     """Build a pipeline from a preset and local files. Nothing is ever downloaded.
@@ -136,7 +144,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
     --text-encoder pointing at local files.
     """
-    preset = load_model_preset(model)
+    preset = model if isinstance(model, ModelPreset) else load_model_preset(model)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}

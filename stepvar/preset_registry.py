@@ -13,7 +13,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import yaml
 
 from .errors import ConfigError
 
@@ -25,12 +24,10 @@ def preset_root() -> Path:
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping from a file; anything else is a ConfigError naming the file."""
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a preset must be a YAML mapping")
-    return data
+    """A YAML mapping from a file, through the one user-file reader (safe loader, one-line errors)."""
+    from .user_files import read_yaml_mapping
+
+    return read_yaml_mapping(path, "preset")
 
 
 def _check_kind(kind: str) -> None:
@@ -44,8 +41,12 @@ def preset_names(kind: str) -> list[str]:
 
 
 def preset_path(kind: str, name: str) -> Path:
+    """Where a named preset lives; a name is a name, never a path ('../x' or '/etc/x' is refused)."""
+    from .validate import check_name
+
     _check_kind(kind)
-    return preset_root() / kind / f"{name}.yaml"
+    singular = {"models": "model preset", "methods": "method", "vaes": "VAE preset"}[kind]
+    return preset_root() / kind / f"{check_name(name, singular)}.yaml"
 
 
 def load_preset(kind: str, name: str) -> dict:

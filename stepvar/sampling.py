@@ -44,18 +44,22 @@ class SamplingConfig:
                    top_p=base.top_p if top_p is None else top_p, seed=seed)
 
     @classmethod
-    def for_preset(cls, model: str | None = None, cfg=None, tau=None, top_p: float | None = None,
+    def for_preset(cls, model=None, cfg=None, tau=None, top_p: float | None = None,
                    seed: int | None = 0) -> "SamplingConfig":
-        """for_model with the named model preset's sampling defaults (None: the default model)."""
-        from .models.config import load_model_preset
+        """for_model with the model preset's sampling defaults: a preset name (None: the default model)
+        or a ModelPreset read from a file."""
+        from .models.config import ModelPreset, load_model_preset
 
-        return cls.for_model(load_model_preset(model).sampling, cfg, tau, top_p, seed)
+        preset = model if isinstance(model, ModelPreset) else load_model_preset(model)
+        return cls.for_model(preset.sampling, cfg, tau, top_p, seed)
 
     def per_scale(self, name: str, n: int) -> list[float]:
         value = getattr(self, name)
         values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
         if len(values) != n:
             raise ConfigError(f"--{name} lists {len(values)} values but the schedule has {n} scales")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"--{name} must be finite, got {value}")
         if name == "cfg" and any(v < 0 for v in values):
             raise ConfigError(f"--cfg must be >= 0, got {value}")
         if name == "tau" and any(v <= 0 for v in values):
@@ -67,6 +71,9 @@ class SamplingConfig:
         self.per_scale("tau", n_scales)
         if not (0.0 < self.top_p <= 1.0):
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+        from .validate import OPTION_RULES
+
+        OPTION_RULES["seed"].check(self.seed if self.seed is not None else 0, "--seed")
 
 
 @dataclass

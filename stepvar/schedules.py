@@ -7,6 +7,7 @@ objects. Token grids are written height x width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -81,11 +82,11 @@ def parse_aspect(aspect: str | float) -> float:
         if ":" in text:
             w_str, h_str = text.split(":", 1)
             w, h = float(w_str), float(h_str)
-            if w <= 0 or h <= 0:
+            if not (0 < w < math.inf and 0 < h < math.inf and 0 < h / w < math.inf):
                 raise ValueError
             return h / w
         value = float(text)
-        if value <= 0:
+        if not 0 < value < math.inf:
             raise ValueError
         return value
     except ValueError:

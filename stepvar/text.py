@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from .errors import StepvarError
+from .validate import shown
 
 
 class TextEncoder(Protocol):
@@ -31,6 +32,10 @@ def check_prompts(prompts: list[str]) -> list[str]:
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
             raise StepvarError("the prompt is empty; pass --prompt with some text")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 arrive as lone surrogates
+            raise StepvarError(f"the prompt '{shown(p, 80)}' holds bytes that are not UTF-8 text") from None
     return [p.strip() for p in prompts]
 
 

@@ -18,8 +18,10 @@ from stepvar import __version__
 
 from . import benchmark, evaluate, generate, info, train
 from .console import err, out
+from .safe_print import print_error
+from .validators import OneLineErrors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Faster next-scale (VAR) image generation by training-free token pruning, measured honestly.")
 
 
@@ -56,8 +58,8 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # an internal bug: still one line, but say it is ours
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                  " (please report; run with STEPVAR_DEBUG=1 for the traceback)", highlight=False)
+        print_error(err, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    " (please report; run with STEPVAR_DEBUG=1 for the traceback)", prefix="internal error:")
         import os
         if os.environ.get("STEPVAR_DEBUG"):
             raise

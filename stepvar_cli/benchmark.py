@@ -10,9 +10,11 @@ import typer
 from rich import box
 from rich.table import Table
 
+
 from .console import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, err, fail, out, run_guarded
 from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, JsonOpt, KeepListOpt, MethodsOpt, ModelOpt, ResListOpt,
                       ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, sampling_options)
+from .safe_print import note, plain
 
 
 def _resolutions(text: str | None, default_budget: str) -> list[int]:
@@ -31,18 +33,21 @@ def _keeps(text: str | None) -> list[float] | None:
     value = parse_float_list(text, "keep")
     if value is None:
         return None
-    values = value if isinstance(value, list) else [value]
-    return [check_keep(v, "--keep") for v in values]
+    values = [check_keep(v, "--keep") for v in (value if isinstance(value, list) else [value])]
+    unique = list(dict.fromkeys(values))
+    if len(unique) < len(values):
+        err.print(note(f"--keep lists a ratio more than once; each is measured once ({unique})"))
+    return unique
 
 
 def _note_untrained(pipe) -> None:
     if not pipe.trained:
-        err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: timings and FLOPs are real, "
-                      "fidelity numbers describe random weights")
+        err.print(note(f"model {pipe.preset.name} is {pipe.status}: timings and FLOPs are real, "
+                       "fidelity numbers describe random weights"))
 
 
 def _table(head: list[str], cells: list[list[str]], title: str) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=plain(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, name in enumerate(head):  # configuration names are what a reader scans for: never cut them
         if name == "config":
             table.add_column(name, no_wrap=True, min_width=max((len(r[i]) for r in cells), default=6))
@@ -50,7 +55,7 @@ def _table(head: list[str], cells: list[list[str]], title: str) -> Table:
             table.add_column(name)
     for row in cells:
         failed = any(c in ("FAILED", "INTERRUPTED") for c in row)
-        table.add_row(*row, style="red" if failed else None)
+        table.add_row(*(plain(c) for c in row), style="red" if failed else None)
     return table
 
 
@@ -97,15 +102,15 @@ def bench(
             try:
                 report = run_bench(pipe, res, methods_list, keeps, batch, repeats, warmup, [text], seed,
                                    out_dir=out_dir, aspect=aspect or "1:1", sampling=sampling,
-                                   on_progress=lambda msg: err.print(msg, highlight=False))
+                                   on_progress=lambda msg: err.print(plain(msg), highlight=False))
             except KeyboardInterrupt:
                 where = f"; finished rows are in {out_dir / 'report.json'}" if out_dir is not None else ""
                 fail(f"interrupted{where}", EXIT_INTERRUPTED)
         _print_report(report.to_dict(), as_json, bench_compact_rows, _bench_title(report), out_dir)
         if report.failures:
-            err.print(f"[red]{len(report.failures)} configuration(s) failed[/]: "
-                          + "; ".join(f"{r['label']} at {r['resolution']}: {r['status']}" for r in report.failures),
-                          highlight=False)
+            err.print(plain(f"{len(report.failures)} configuration(s) failed: "
+                            + "; ".join(f"{r['label']} at {r['resolution']}: {r['status']}" for r in report.failures),
+                            style="red"), highlight=False)
             raise typer.Exit(EXIT_CHECK_FAILED)
 
     run_guarded(body)
@@ -150,7 +155,7 @@ def _print_report(data: dict, as_json: bool, table_rows, title: str, out_dir: Pa
         return
     out.print(_table(*table_rows(data["results"]), title=title))
     if out_dir is not None:
-        out.print(f"wrote {out_dir}/report.json, report.csv, report.md and plots", highlight=False)
+        out.print(plain(f"wrote {out_dir}/report.json, report.csv, report.md and plots"), highlight=False)
 
 
 def compare(
@@ -183,7 +188,7 @@ def compare(
         _note_untrained(pipe)
         try:
             report = run_compare(pipe, prompts, methods_list, keeps, seed, schedule, out_dir, sampling, warmup,
-                                 on_progress=lambda msg: err.print(msg, highlight=False))
+                                 on_progress=lambda msg: err.print(plain(msg), highlight=False))
         except KeyboardInterrupt:
             fail(f"interrupted; finished prompts are in {out_dir / 'report.json'}", EXIT_INTERRUPTED)
         data = report.to_dict()
@@ -197,7 +202,7 @@ def compare(
                 if data["paired"]:
                     out.print(_table(*paired_table_rows(data["paired"]),
                                          title="paired over the same prompts: A − B ± standard error"))
-            out.print(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image", highlight=False)
+            out.print(plain(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image"), highlight=False)
         if report.failures:
             raise typer.Exit(EXIT_CHECK_FAILED)
 
@@ -212,14 +217,9 @@ def _read_prompts(prompt: str | None, path: Path | None) -> list[str]:
         raise StepvarError("give exactly one of --prompt TEXT and --prompts FILE")
     if prompt is not None:
         return check_prompts([prompt])
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise StepvarError(f"cannot read --prompts {path}: {exc.strerror}") from None
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    if not prompts:
-        raise StepvarError(f"--prompts {path} holds no prompt")
-    return check_prompts(prompts)
+    from stepvar.user_files import read_lines
+
+    return check_prompts([line for _, line in read_lines(path, "--prompts")])
 
 
 def overhead(
@@ -234,6 +234,7 @@ def overhead(
     from stepvar.devices import resolve_device
     from stepvar.errors import StepvarError
     from stepvar.eval.overhead import measure_selection_overhead
+    from stepvar.models.config import load_model_preset
     from stepvar.pruning.plan import check_keep
     from stepvar.schedules import RESOLUTIONS
 
@@ -241,6 +242,7 @@ def overhead(
         if resolution not in RESOLUTIONS:
             raise StepvarError(f"no schedule for resolution {resolution}; choose one of {', '.join(map(str, RESOLUTIONS))}")
         check_keep(keep)
+        load_model_preset(model)  # an unknown name (or a path) is refused before anything is built
         r = measure_selection_overhead(model, RESOLUTIONS[resolution], -1, keep, repeats=repeats,
                                        device=str(resolve_device(device)))
         if as_json:

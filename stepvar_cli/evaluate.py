@@ -10,6 +10,7 @@ import typer
 
 from .console import err, out, run_guarded
 from .options import TrainDeviceOpt, make_method, sampling_options
+from .safe_print import note
 
 
 def eval_cmd(
@@ -31,6 +32,7 @@ def eval_cmd(
     from stepvar.errors import StepvarError
     from stepvar.eval.evaluate import evaluate_image_dir, evaluate_pipeline
     from stepvar.toy.evaluator import load_prompts
+    from stepvar.user_files import make_output_dir
 
     def body():
         if images is not None:
@@ -46,9 +48,9 @@ def eval_cmd(
             pipe = load_pipeline(model, weights, device=device)
             status = pipe.status
             if not pipe.trained:
-                err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")
+                err.print(note(f"{pipe.preset.name} is {pipe.status}; its score says nothing about trained quality"))
             if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
+                make_output_dir(out_dir)
             sampling = sampling_options(model, cfg, tau, None, seed)
             report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir)
         data = report.to_dict() | ({"model_status": status} if status else {})

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from .console import err, out, run_guarded
+from .safe_print import note, plain
+from .validators import MethodFileOpt, ModelFileOpt, preset_from_options
 from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, FirstScaleOpt, JsonOpt, KeepOpt, KeepTableOpt, MethodOpt,
                       ModelOpt, ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, make_method,
                       sampling_options)
@@ -22,6 +24,7 @@ def generate(
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
 ) -> None:
     """Generate one image."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,14 +37,16 @@ def generate(
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
         check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
-        sampling = sampling_options(model, cfg, tau, top_p, seed)
-        pruner = make_method(method, keep, keep_per_scale, first_scale)
-        pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
+        chosen = preset_from_options(model, model_file)
+        sampling = sampling_options(chosen, cfg, tau, top_p, seed)
+        pruner = make_method(method, keep, keep_per_scale, first_scale, method_file)
+        pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype)
+        pipe.check_prompts([prompt])
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         sampling.validate(len(schedule))
         pruner.validate(schedule, len(pipe.model.blocks))
         if not pipe.trained:
-            err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result")
+            err.print(note(f"model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result"))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} scales"),
                       TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
             task = bar.add_task(f"{method} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
@@ -52,7 +57,8 @@ def generate(
             print(json.dumps(record | {"sidecar": str(sidecar)}, default=str))
         else:
             t = result.timings
-            out.print(f"wrote [bold]{out_path}[/] ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {method}, seed {seed}) "
-                      f"in {t['total_s']:.2f}s (transformer {t['transformer_s']:.2f}s, decode {t['decode_s']:.2f}s); settings in {sidecar}")
+            out.print(plain(f"wrote {out_path} ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {pruner.name}, seed {seed}) "
+                            f"in {t['total_s']:.2f}s (transformer {t['transformer_s']:.2f}s, decode {t['decode_s']:.2f}s); "
+                            f"settings in {sidecar}"))
 
     run_guarded(body)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .console import EXIT_CHECK_FAILED, out, run_guarded
 from .options import JsonOpt
+from .safe_print import plain
 
 
 def inspect(
@@ -39,11 +40,11 @@ def _print_inspect(data: dict) -> None:
     for key, value in data.items():
         if key == "problems":
             continue
-        table.add_row(f"[bold]{key}[/]", str(value))
+        table.add_row(plain(key, style="bold"), plain(value))
     out.print(table)
     problems = data.get("problems") or []
     for p in problems[:50]:
-        out.print(f"  [red]{p}[/]" if isinstance(p, str) else f"  [red]{p}[/]")
+        out.print(plain(f"  {p}", style="red"))
     if len(problems) > 50:
         out.print(f"  ... and {len(problems) - 50} more")
 
@@ -68,7 +69,7 @@ def models(as_json: JsonOpt = False) -> None:
         for r in rows:
             needs = ", ".join(r["needs"]) or "nothing (runs out of the box)"
             name = r["name"] + (" (default)" if r["default"] else "")
-            table.add_row(name, f"{r['depth']} x {r['width']}", r["resolution_budget"], needs, r["description"])
+            table.add_row(*(plain(c) for c in (name, f"{r['depth']} x {r['width']}", r["resolution_budget"], needs, r["description"])))
         out.print(table)
 
     run_guarded(body)
@@ -85,7 +86,7 @@ def methods(as_json: JsonOpt = False) -> None:
             return
         table = Table("method", "description")
         for n, d in rows:
-            table.add_row(n, d)
+            table.add_row(plain(n), plain(d))
         out.print(table)
 
     run_guarded(body)

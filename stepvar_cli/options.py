@@ -51,12 +51,17 @@ WarmupOpt = Annotated[Optional[int], typer.Option(help="Linear warm-up updates (
 DecayOpt = Annotated[Optional[int], typer.Option("--decay-steps", help="Cosine horizon; default --steps, so the LR reaches its floor at the end.")]
 
 
-def make_method(method: str, keep: float | None, keep_per_scale: str | None, first_scale: int | None):
-    """The pruner the method options describe (the library maps them; this only parses the table)."""
+def make_method(method: str, keep: float | None, keep_per_scale: str | None, first_scale: int | None,
+                method_file: Path | None = None):
+    """The pruner the method options describe (the library maps them; this only parses the table).
+    A --method-file preset replaces --method."""
     from stepvar.options import parse_keep_table
-    from stepvar.pruning.registry import pruner_from_settings
+    from stepvar.pruning.registry import method_preset_file, pruner_from_settings
 
-    return pruner_from_settings(method, keep, parse_keep_table(keep_per_scale), first_scale)
+    preset = None
+    if method_file is not None:
+        method, preset = method_preset_file(method_file)
+    return pruner_from_settings(method, keep, parse_keep_table(keep_per_scale), first_scale, preset)
 
 
 def sampling_options(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int | None):

@@ -8,9 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from stepvar.user_files import check_output_dir
+
 from .console import err, out, run_guarded
 from .options import (CkptEveryOpt, CpuBf16Opt, DecayOpt, LROpt, ResumeOpt, RunDirOpt, StepsOpt, TrainBatchOpt,
                       TrainDeviceOpt, TrainSeedOpt, WarmupOpt)
+from .safe_print import plain, step_progress
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the project's own small models (the toy world).")
 
@@ -19,13 +22,18 @@ def _note_printer():
     return lambda msg: err.print(f"note: {msg}", highlight=False, markup=False)
 
 
-def _log_printer(as_json: bool):
+def _log_printer(as_json: bool, steps: int | None = None, label: str = "training"):
+    """on_log for the trainers: the log lines on stdout, and on a terminal a progress bar on stderr
+    (updated with every log record, every 10 updates); nothing extra when piped."""
+    bar = step_progress(err, steps, label, enabled=not as_json and steps is not None)
+
     def on_log(record: dict) -> None:
         if as_json:
             print(json.dumps(record))
         else:
             rest = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step",))
             out.print(f"step {record['step']}: {rest}")
+        bar(record["step"])
     return on_log
 
 
@@ -42,13 +50,14 @@ def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt 
     from stepvar.training.train_vae import VAETrainConfig, train_vae
 
     def body():
+        check_output_dir(out_dir)
         cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
                              object_weight=object_weight)
         cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
-        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json),
-                        on_note=_note_printer())
-        out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False,
+                        on_log=_log_printer(as_json, steps, "train vae"), on_note=_note_printer())
+        out.print(plain(f"VAE checkpoint at step {res.step}: {res.checkpoint}")) if not as_json else None
 
     run_guarded(body)
 
@@ -72,6 +81,7 @@ def train_gpt_cmd(out_dir: RunDirOpt, vae: Annotated[Path, typer.Option(help="Th
     from stepvar.training.train_gpt import GPTTrainConfig, train_transformer
 
     def body():
+        check_output_dir(out_dir)
         cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, self_correction=self_correction,
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
@@ -79,8 +89,8 @@ def train_gpt_cmd(out_dir: RunDirOpt, vae: Annotated[Path, typer.Option(help="Th
                              form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
         cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
-                                on_log=_log_printer(as_json), on_note=_note_printer())
-        out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+                                on_log=_log_printer(as_json, steps, "train gpt"), on_note=_note_printer())
+        out.print(plain(f"transformer checkpoint at step {res.step}: {res.checkpoint}")) if not as_json else None
 
     run_guarded(body)
 
@@ -117,6 +127,11 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
     from stepvar.training.train_gpt import as_vae
 
     def body():
+        from stepvar.io import check_output_path
+        from stepvar.training.latent_pool import check_pool_settings
+
+        check_pool_settings(n, size, layout)
+        check_output_path(out_file)
         dev = resolve_device(device)
         pool = build_latent_pool(as_vae(vae).to(dev), n, seed, size, device=dev, layout=layout,
                                  on_progress=None if as_json else _every(2048, lambda k, total: out.print(f"encoded {k}/{total}")))
@@ -125,7 +140,7 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
             out.print_json(data={"path": str(out_file), "scenes": len(pool), "seed": seed, "image_size": size,
                                  "layout": layout, "encoder_sha256": pool.encoder_sha256})
         else:
-            out.print(f"{len(pool)} scenes -> {out_file}")
+            out.print(plain(f"{len(pool)} scenes -> {out_file}"))
 
     run_guarded(body)
 
@@ -137,4 +152,8 @@ def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer ru
     """Write the shippable fp16 weights (transformer, VAE, text encoder) and model.json."""
     from stepvar.training.train_gpt import export_embedded
 
-    run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
+    def body():
+        check_output_dir(out_dir)
+        out.print(plain(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
+
+    run_guarded(body)

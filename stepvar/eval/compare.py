@@ -98,6 +98,7 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     base = sampling or SamplingConfig()
     sampling = SamplingConfig(cfg=base.cfg, tau=base.tau, top_p=base.top_p, seed=seed)
     sampling.validate(len(schedule))
+    prompts = pipeline.check_prompts(prompts)
     say = on_progress or (lambda msg: None)
     with output_lock(prepare_out_dir(out_dir), on_note=lambda m: say(f"note: {m}")) as out:
         return _compare_all(pipeline, prompts, configs, seed, schedule, out, sampling, warmup, say)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import StepvarError
-from ..io import read_png_metadata, save_image, save_json
+from ..io import save_image, save_json
 from ..pipeline import Pipeline
 from ..pruning.base import Pruner
 from ..sampling import SamplingConfig
@@ -28,6 +27,10 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
     for p in prompts:
         parse(p)  # every prompt must be in the world's grammar: fail before generating anything
     sampling = sampling or SamplingConfig()
+    schedule = pipe.schedule()
+    sampling.validate(len(schedule))  # bad settings fail here, before the first image
+    if pruner is not None:
+        pruner.validate(schedule, len(pipe.model.blocks))
     base_seed = 0 if sampling.seed is None else sampling.seed
     images, used = [], []
     for i, prompt in enumerate(prompts):
@@ -48,14 +51,20 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
 
 def evaluate_image_dir(directory: Path) -> EvalReport:
     """Score saved PNGs whose prompt is in their stepvar text chunk (as `generate` writes them)."""
+    from ..user_files import open_image_rgb
+    from ..validate import shown
+
+    if not Path(directory).is_dir():
+        raise StepvarError(f"--images {shown(directory)}: not a directory")
     files = sorted(Path(directory).glob("*.png"))
     if not files:
-        raise StepvarError(f"no PNG images in {directory}")
+        raise StepvarError(f"no PNG images in {shown(directory)}")
     images, prompts = [], []
     for f in files:
-        prompt = read_png_metadata(f).get("prompt")
+        image, text = open_image_rgb(f, "image")
+        prompt = text.get("stepvar:prompt")
         if prompt is None:
-            raise StepvarError(f"{f}: no stepvar prompt in its PNG text chunks")
-        images.append(np.asarray(Image.open(f).convert("RGB")))
+            raise StepvarError(f"{shown(f)}: no stepvar prompt in its PNG text chunks")
+        images.append(image)
         prompts.append(prompt)
     return evaluate(images, prompts)

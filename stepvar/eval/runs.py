@@ -61,7 +61,7 @@ def expand_configs(methods: Sequence[str], keeps: Sequence[float] | None) -> lis
             configs = [BenchConfig(spec, float(k)) for k in (keeps or [preset_keep])]
         else:
             configs = [BenchConfig(spec)]
-        out += [c for c in configs if c not in out]
+        out += [c for c in dict.fromkeys(configs) if c not in out]  # --keep 0.4,0.4 measures 0.4 once
     for c in out:
         c.pruner()  # unknown names and bad keeps fail here, before anything runs
     return out
@@ -87,23 +87,10 @@ def scalar_keep(pruner) -> float | None:
 def check_out_dir(path: str | Path) -> Path:
     """Fail early on an output directory that could not be created or written, or that another run
     is writing, without creating it (prepare_out_dir makes it once every option has been checked)."""
-    import os
-
-    from ..errors import StepvarError
     from ..run_lock import check_unlocked
+    from ..user_files import check_output_dir
 
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StepvarError(f"--out {path} exists and is not a directory")
-    existing = path
-    while not existing.exists():
-        if existing.is_symlink() or existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise StepvarError(f"cannot create output directory {path}: {existing} is not a directory")
-    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        raise StepvarError(f"output directory is not writable: {existing}")
+    path = check_output_dir(path, "--out")
     if path.is_dir():
         check_unlocked(path)
     return path
@@ -111,17 +98,6 @@ def check_out_dir(path: str | Path) -> Path:
 
 def prepare_out_dir(path: str | Path) -> Path:
     """Create the output directory (and parents) and check it is writable, before any compute."""
-    import os
+    from ..user_files import make_output_dir
 
-    from ..errors import StepvarError
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StepvarError(f"--out {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StepvarError(f"cannot create output directory {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise StepvarError(f"output directory is not writable: {path}")
-    return path
+    return make_output_dir(path, "--out")

@@ -31,6 +31,8 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..io import atomic_path
+from ..user_files import UserFileError, check_regular_file, read_json
+from ..validate import shown
 
 CONTAINERS = ("pth-flat", "pth-training", "vae", "safetensors", "safetensors-sharded")
 INDEX_NAME = "model.safetensors.index.json"
@@ -83,7 +85,12 @@ def read_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> LoadedChe
     """Open a checkpoint in any official container; `use_ema` picks a VAE file's `ema` weights."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(f"{p}: no such file or directory")
+        raise CheckpointError(f"{shown(p)}: no such file or directory")
+    if not p.is_dir():
+        try:
+            check_regular_file(p, "checkpoint")  # by stat: a FIFO or a device is never opened
+        except UserFileError as exc:
+            raise CheckpointError(str(exc)) from None
     if p.is_dir():
         if not (p / INDEX_NAME).is_file():
             raise CheckpointError(f"{p}: directory holds no {INDEX_NAME} (expected a sharded safetensors checkpoint)")
@@ -148,8 +155,17 @@ def _torch_load(p: Path, mmap: bool):
             with torch.serialization.safe_globals([_stub_global(n) for n in names]):
                 return load()
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-        hint = " (truncated or corrupt file?)" if isinstance(exc, (RuntimeError, EOFError)) else ""
-        raise CheckpointError(f"{p}: cannot read torch checkpoint: {_one_line(exc)}{hint}") from None
+        raise CheckpointError(f"{shown(p)}: cannot read torch checkpoint: {torch_load_problem(exc)}") from None
+
+
+def torch_load_problem(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in stepvar's words: torch's own message goes on to
+    advise loading with weights_only=False, which would run code from the file and is never done."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("it pickles objects other than tensors and plain containers; refused, since no code "
+                "from a checkpoint is ever run")
+    hint = " (truncated or corrupt file?)" if isinstance(exc, (RuntimeError, EOFError)) else ""
+    return _one_line(exc) + hint
 
 
 def _unpack_pickle(obj, p: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
@@ -172,8 +188,11 @@ def _unpack_pickle(obj, p: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor]
 
 def _as_tensors(sd, p: Path, where: str) -> dict[str, torch.Tensor]:
     if not isinstance(sd, Mapping) or not sd:
-        raise CheckpointError(f"{p}: '{where.rstrip('.') or 'top level'}' holds no tensors")
+        raise CheckpointError(f"{shown(p)}: '{where.rstrip('.') or 'top level'}' holds no tensors")
     for key, value in sd.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{shown(p)}: a key of '{where.rstrip('.') or 'top level'}' is a "
+                                  f"{type(key).__name__} ({shown(key, 40)}), not a parameter name")
         if not isinstance(value, torch.Tensor):
             keys = ", ".join(map(str, list(sd)[:5]))
             raise CheckpointError(
@@ -192,21 +211,22 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _read_sharded(index: Path) -> LoadedCheckpoint:
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{index}: cannot read the shard index: {_one_line(exc)}") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        data = read_json(index, "shard index")
+    except UserFileError as exc:
+        raise CheckpointError(str(exc)) from None
+    weight_map = data.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index}: shard index has no 'weight_map'")
+        raise CheckpointError(f"{shown(index)}: the shard index's 'weight_map' is not a mapping of keys to shard files")
     by_shard: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
-        by_shard.setdefault(str(shard), []).append(key)
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{shown(index)}: the shard of '{shown(key, 80)}' is not a file name")
+        by_shard.setdefault(shard, []).append(key)
     for shard in by_shard:
-        if not (index.parent / shard).is_file():
-            raise CheckpointError(f"{index}: shard '{shard}' listed in the index is missing")
+        _shard_inside(index, shard)
     tensors: dict[str, torch.Tensor] = {}
     for shard, keys in by_shard.items():
-        part, _ = _read_safetensors(index.parent / shard)
+        part, _ = _read_safetensors(_shard_inside(index, shard))
         absent = [k for k in keys if k not in part]
         if absent:
             raise CheckpointError(
@@ -217,7 +237,28 @@ def _read_sharded(index: Path) -> LoadedCheckpoint:
                 raise CheckpointError(f"{index.parent / shard}: key '{key}' is also stored in another shard")
             tensors[key] = t
     ordered = {k: tensors[k] for k in weight_map} | tensors  # index order first, unlisted extras last
-    return LoadedCheckpoint(ordered, "safetensors-sharded", index, dict(data.get("metadata") or {}))
+    meta = data.get("metadata")
+    return LoadedCheckpoint(ordered, "safetensors-sharded", index, dict(meta) if isinstance(meta, dict) else {})
+
+
+def _shard_inside(index: Path, shard: str) -> Path:
+    """The shard's path, which must be a file inside the index's directory: an index names its own
+    shards, never '../..', an absolute path, or a symlink that leads out of the directory."""
+    root = index.parent.resolve()
+    rel = Path(shard)
+    if not shard or rel.is_absolute() or ".." in rel.parts or "\x00" in shard:
+        raise CheckpointError(f"{shown(index)}: shard '{shown(shard, 120)}' is not a file inside the checkpoint "
+                              "directory; refused")
+    path = index.parent / rel
+    if not path.resolve().is_relative_to(root):
+        raise CheckpointError(f"{shown(index)}: shard '{shown(shard, 120)}' resolves outside the checkpoint "
+                              f"directory (a symlink to {shown(path.resolve(), 120)}); refused")
+    try:
+        check_regular_file(path, "shard")
+    except UserFileError:
+        raise CheckpointError(f"{shown(index)}: shard '{shown(shard, 120)}' listed in the index is missing "
+                              "or not a regular file") from None
+    return path
 
 
 

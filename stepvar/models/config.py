@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -103,10 +104,25 @@ def list_model_presets() -> list[str]:
 def load_model_preset(name: str | None = None) -> ModelPreset:
     """A model preset by name; None is the default model."""
     name = name or DEFAULT_MODEL
-    data = load_preset("models", name)
+    return _preset_from(name, load_preset("models", name), preset_path("models", name))
+
+
+def load_model_preset_file(path: str | Path) -> ModelPreset:
+    """A model preset from a YAML file the user names on purpose (read safely, checked like a shipped one)."""
+    from ..user_files import read_yaml_mapping
+
+    path = Path(path)
+    return _preset_from(path.stem, read_yaml_mapping(path, "model preset"), path)
+
+
+def _preset_from(name: str, data: dict, path: Path) -> ModelPreset:
+    from ..validate import shown
+
     arch = data.pop("arch", {})
+    if not isinstance(arch, dict):
+        raise ConfigError(f"{shown(path)}: 'arch' must be a mapping of settings")
     try:
         cfg = InfinityConfig(name=name, **arch)
         return ModelPreset(name=name, arch=cfg, **data)
-    except TypeError as exc:
-        raise ConfigError(f"{preset_path('models', name)}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{shown(path)}: {shown(exc, 200)}") from None

@@ -18,7 +18,7 @@ from ..schedules import ScaleSchedule
 from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_branch_counted, run_dense_stack, run_layers
 from .plan import PruningPlan, dense_layer_split, resolve_keep, resolve_scales
 from .propagation import scatter_kept
-from .scores import dc_score, keep_count, select_topk
+from .scores import ROUNDINGS, dc_score, keep_count, select_topk
 
 # The Infinity-2B release: prune ratios keyed by grid width, and the widths it skips.
 RELEASE_PRUNE_BY_WIDTH = {32: 0.4, 40: 0.5}
@@ -36,6 +36,10 @@ class FastVARConfig:
     rounding: str = "fastvar"  # keep L - int(L * prune_ratio), as released
     cache_scale: int | None = None  # None = the last unpruned, unskipped scale before the first pruned one
     extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"fastvar rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
 
 
 def _release_keep(schedule: ScaleSchedule) -> dict[int, float]:

@@ -10,9 +10,13 @@ runs it with its config's defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 
 from ..errors import ConfigError
-from ..preset_registry import load_preset, preset_names
+from ..preset_registry import load_preset, preset_names, read_yaml
+from ..user_files import parse_yaml
+from ..validate import check_name, shown
 from .base import Dense, Pruner
 from .fastvar import FastVAR
 from .stepvar import StepVAR
@@ -42,6 +46,7 @@ def list_methods() -> list[str]:
 
 
 def method_preset(name: str) -> dict:
+    check_name(name, "method")  # a name, never a path
     if name in preset_names("methods"):
         return load_preset("methods", name)
     if name in METHODS:
@@ -60,13 +65,20 @@ def default_keep(name: str):
     return None if field is None or field.default is dataclasses.MISSING else field.default
 
 
-def make_pruner(name: str, keep: float | list | dict | None = None, **overrides) -> Pruner:
-    """Build a method by preset or registered name. keep=None keeps the preset's own keep ratios."""
-    data = dict(method_preset(name))
+def method_preset_file(path: str | Path) -> tuple[str, dict]:
+    """(name, settings) of a method preset from a YAML file the user names on purpose."""
+    path = Path(path)
+    return path.stem, read_yaml(path)
+
+
+def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict | None = None, **overrides) -> Pruner:
+    """Build a method by preset or registered name (or from `preset`, the settings of a preset file).
+    keep=None keeps the preset's own keep ratios."""
+    data = dict(method_preset(name) if preset is None else preset)
     engine = data.pop("method", name)
     data.pop("description", None)
-    if engine not in METHODS:
-        raise ConfigError(f"method preset {name!r} names an unknown method {engine!r}; "
+    if not isinstance(engine, str) or engine not in METHODS:
+        raise ConfigError(f"method preset '{shown(name, 80)}' names an unknown method '{shown(engine, 80)}'; "
                           f"registered: {', '.join(sorted(METHODS))}")
     cls = METHODS[engine]
     config_class = cls.config_class
@@ -79,14 +91,64 @@ def make_pruner(name: str, keep: float | list | dict | None = None, **overrides)
     unknown = sorted(set(data) - fields)
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
-        raise ConfigError(f"method {name!r}: unknown setting(s) {', '.join(unknown)}; known: {known}")
-    return cls(config_class(**data), name=name)
+        raise ConfigError(f"method '{shown(name, 80)}': unknown setting(s) {shown(', '.join(map(str, unknown)), 200)}; "
+                          f"known: {known}")
+    try:
+        config = config_class(**data)
+        _check_settings(config, name)
+        return cls(config, name=name)
+    except (TypeError, ValueError) as exc:  # a setting of the wrong type that the config's own checks missed
+        raise ConfigError(f"method '{shown(name, 80)}': {shown(exc, 200)}") from None
+
+
+def _check_settings(config, name: str) -> None:
+    """Every setting of a method config by its type, before anything runs: finite numbers, integers,
+    booleans, keep ratios in (0, 1], lists of scale indices; then the config's own check() (the
+    settings that take one of a few words)."""
+    def bad(field_name: str, value, expected: str) -> ConfigError:
+        return ConfigError(f"method '{shown(name, 80)}': {field_name} must be {expected}, got {shown(repr(value), 80)}")
+
+    for f in dataclasses.fields(config):
+        value, default = getattr(config, f.name), f.default
+        if f.name == "keep":
+            items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            if value is not None and (not items or not all(_is_number(v) and 0 < v <= 1 for v in items)):
+                raise bad("keep", value, "a ratio in (0, 1], a list of them, or a scale:ratio mapping")
+            if isinstance(value, dict) and not all(_is_int(k) for k in value):
+                raise bad("keep", value, "keyed by scale index")
+        elif f.name in ("scales", "skip"):
+            if value is not None and (not isinstance(value, list) or not all(_is_int(v) and abs(v) <= 2**62 for v in value)):
+                raise bad(f.name, value, "a list of scale indices, e.g. [9,10]")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise bad(f.name, value, "true or false")
+        elif isinstance(default, int) or f.name in ("first_scale", "dense_prefix", "dense_suffix", "cache_scale"):
+            if value is not None and not (_is_int(value) and 0 <= value <= 2**62):
+                raise bad(f.name, value, "a non-negative integer")
+        elif isinstance(default, float):
+            if not _is_number(value):
+                raise bad(f.name, value, "a finite number")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise bad(f.name, value, "a word")
+    check = getattr(config, "check", None)
+    if check is not None:
+        check()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def pruner_from_settings(method: str, keep: float | None = None, keep_per_scale: dict[int, float] | None = None,
-                         first_scale: int | None = None) -> Pruner:
+                         first_scale: int | None = None, preset: dict | None = None) -> Pruner:
     """A method with one keep ratio, or a keep ratio per scale index (which then are the pruned
-    scales), optionally pruning every scale from first_scale on."""
+    scales), optionally pruning every scale from first_scale on. `preset`: the settings of a method
+    preset file, which then defines the method named `method`."""
     if keep_per_scale is not None and keep is not None:
         raise ConfigError("give either keep or keep_per_scale, not both")
     overrides = {}
@@ -94,7 +156,7 @@ def pruner_from_settings(method: str, keep: float | None = None, keep_per_scale:
         overrides["scales"] = sorted(keep_per_scale)
     if first_scale is not None:
         overrides["first_scale"] = first_scale
-    return make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, **overrides)
+    return make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, preset=preset, **overrides)
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict]:
@@ -103,15 +165,13 @@ def parse_method_spec(spec: str) -> tuple[str, dict]:
     Lets compare and bench put variants of one method side by side without a preset file.
     Values are read as YAML scalars or lists ('scales=[9,10]').
     """
-    import yaml
-
     name, *parts = spec.strip().split(":")
     overrides = {}
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise ConfigError(f"method variant {spec!r}: expected name:key=value[:key=value...]")
-        overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+            raise ConfigError(f"method variant '{shown(spec, 120)}': expected name:key=value[:key=value...]")
+        overrides[key.strip().replace("-", "_")] = parse_yaml(value, f"method variant '{shown(spec, 120)}', {shown(key, 40)}")
     method_preset(name)  # unknown names fail here, with the list of known ones
     return name, overrides
 

@@ -15,8 +15,9 @@ from ..schedules import ScaleSchedule
 from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch_counted, run_dense_stack, \
     run_layers
 from .plan import PruningPlan, dense_layer_split, resolve_keep, resolve_scales
-from .propagation import nearest_kept, propagate
-from .scores import dc_score, joint_score, keep_count, normalize_score, select_topk, structure_score, texture_score
+from .propagation import METRICS, nearest_kept, propagate
+from .scores import BORDERS, INITS, NORMS, ORDERS, ROUNDINGS, dc_score, joint_score, keep_count, normalize_score, \
+    select_topk, structure_score, texture_score
 
 SCORES = ("joint", "texture", "structure", "random", "dc")
 SELECTIONS = ("scale", "block", "sublayer")
@@ -52,7 +53,10 @@ class StepVARConfig:
 
     def check(self) -> None:
         for name, value, allowed in (("score", self.score, SCORES), ("selection", self.selection, SELECTIONS),
-                                     ("cfg_rows", self.cfg_rows, CFG_ROWS), ("propagate", self.propagate, PROPAGATE)):
+                                     ("cfg_rows", self.cfg_rows, CFG_ROWS), ("propagate", self.propagate, PROPAGATE),
+                                     ("norm", self.norm, NORMS), ("power_init", self.power_init, INITS),
+                                     ("border", self.border, BORDERS), ("order", self.order, ORDERS),
+                                     ("rounding", self.rounding, ROUNDINGS), ("metric", self.metric, METRICS)):
             if value not in allowed:
                 raise ConfigError(f"stepvar {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.power_iters < 1:

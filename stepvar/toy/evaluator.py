@@ -296,19 +296,16 @@ def make_heldout_prompts(seed: int = 0) -> list[str]:
 def load_prompts(path: str | Path | None = None) -> list[str]:
     """Prompts from a text file (one a line; blank lines and '#' comments skipped),
     canonicalised; the default is the committed held-out set."""
+    from ..user_files import read_lines
+    from ..validate import shown
+
     path = Path(path) if path is not None else HELDOUT_PATH
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise StepvarError(f"cannot read prompt file {str(path)!r}: {e.strerror}") from None
     out = []
-    for n, line in enumerate(lines, start=1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            try:
-                out.append(describe(parse(line)))
-            except StepvarError as e:
-                raise StepvarError(f"{path}:{n}: {e}") from None
+    for n, line in read_lines(path, "prompt file"):
+        try:
+            out.append(describe(parse(line)))
+        except StepvarError as e:
+            raise StepvarError(f"{shown(path)}:{n}: {e}") from None
     return out
 
 

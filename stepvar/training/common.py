@@ -37,6 +37,8 @@ from ..devices import resolve_device  # noqa: F401  (re-exported for the trainer
 from ..errors import CheckpointError, ConfigError, StepvarError
 from ..io import atomic_path
 from ..run_lock import output_lock
+from ..loading.containers import torch_load_problem
+from ..validate import shown
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -216,15 +218,16 @@ def read_training_checkpoint(path: str | os.PathLike, kind: str | None = None, p
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise CheckpointError(f"{path}: no training checkpoint there")
+        raise CheckpointError(f"{shown(path)}: no training checkpoint there")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"{path}: cannot read training checkpoint: {str(exc).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or "kind" not in ckpt or "modules" not in ckpt:
-        raise CheckpointError(f"{path}: not a stepvar training checkpoint")
+        raise CheckpointError(f"{shown(path)}: cannot read training checkpoint: {torch_load_problem(exc)}") from None
+    if (not isinstance(ckpt, dict) or not isinstance(ckpt.get("kind"), str) or not isinstance(ckpt.get("modules"), dict)
+            or not isinstance(ckpt.get("config"), dict)):
+        raise CheckpointError(f"{shown(path)}: not a stepvar training checkpoint")
     if kind is not None and ckpt["kind"] != kind:
-        raise CheckpointError(f"{path}: a {ckpt['kind']} checkpoint; {purpose} needs a {kind} checkpoint")
+        raise CheckpointError(f"{shown(path)}: a {shown(ckpt['kind'], 40)} checkpoint; {purpose} needs a {kind} checkpoint")
     return ckpt
 
 

@@ -55,16 +55,25 @@ def encoder_fingerprint(vae: BSQVAE) -> str:
     return h.hexdigest()
 
 
+def check_pool_settings(n: int, size: int, layout: str) -> None:
+    """The pool's settings, checked before a VAE loads or a scene renders."""
+    from ..toy.world import check_layout
+
+    if n < 1:
+        raise ConfigError(f"a latent pool needs n >= 1 scenes, got {n}")
+    if size < 16 or size % 16:
+        raise ConfigError(f"--size must be a multiple of 16 pixels (the VAE's stride), got {size}")
+    check_layout(layout)
+
+
 @torch.no_grad()
 def build_latent_pool(vae: BSQVAE, n: int, seed: int = 0, size: int = 256, chunk: int = 64,
                       device: torch.device | str = "cpu", layout: str = "free",
                       on_progress: Callable[[int, int], None] | None = None) -> LatentPool:
     """Render n scenes from numpy seed `seed` (the trainers' data stream) and encode them."""
-    from ..toy.world import check_layout
-
-    if n < 1 or chunk < 1:
-        raise ConfigError("a latent pool needs n >= 1 scenes and chunk >= 1")
-    check_layout(layout)
+    check_pool_settings(n, size, layout)
+    if chunk < 1:
+        raise ConfigError("a latent pool needs chunk >= 1")
     vae = vae.eval()
     rng = np.random.default_rng(seed)
     prompts, zs = [], []
