@@ -109,12 +109,16 @@ def generate(
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    numerics: Annotated[str, typer.Option(help="exact (fp32 stays fp32; default) or official: round the text "
+                                               "attentions to bf16 as the official code does, to compare with it bit for bit.")] = "exact",
+    as_json: JsonOpt = False,
 ) -> None:
     """Generate one image."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepvar.io import check_output_path, save_image, save_json, IMAGE_SUFFIXES
+    from stepvar.models.blocks import NUMERICS
     from stepvar.options import choose_schedule
     from stepvar.pipeline import load_pipeline
     from stepvar.text import check_prompts
@@ -125,7 +129,9 @@ def generate(
         check_output_path(out_path, IMAGE_SUFFIXES)
         sampling = sampling_options(model, cfg, tau, top_p, seed)
         pruner = _pruner(method, keep, keep_per_scale, first_scale)
-        pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
+        if numerics not in NUMERICS:
+            raise StepvarError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype, numerics=numerics)
         schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
         sampling.validate(len(schedule))
         pruner.validate(schedule, len(pipe.model.blocks))

@@ -16,32 +16,30 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..schedules import ScaleSchedule
 from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch, run_dense_stack
-from .plan import ResolvedPlan, dense_layer_split, resolve_keep, resolve_scales
+from .plan import (RELEASE_LAYERS, RELEASE_PRUNE_BY_WIDTH, ResolvedPlan, dense_layer_split, release_layers,
+                   release_scales, resolve_keep, resolve_scales)
 from .propagation import scatter_kept
 from .scores import dc_score, keep_count, select_topk
 
-# The Infinity-2B release: prune ratios keyed by grid width, and the widths it skips.
-RELEASE_PRUNE_BY_WIDTH = {32: 0.4, 40: 0.5}
-RELEASE_SKIP_WIDTHS = (48, 64)
+RULES = ("release", "position")
 
 
 @dataclass
 class FastVARConfig:
-    keep: float | list | dict | None = None  # None = the release ratios (by width) where they apply
-    scales: list[int] | None = None  # pruned scales; None = release widths, else the StepVAR default rule
+    # "release": scales by grid width and layers 3-27 as released (plan.release_scales);
+    # "position": the scales whose side is at least half the final side, layers 3/32 and 4/32 of
+    # the depth dense, cache at the scale before the first pruned one (fastvar-pos).
+    rule: str = "release"
+    keep: float | list | dict | None = None  # None = the release ratios (release rule) or 0.6 (position rule)
+    scales: list[int] | None = None  # explicit pruned scale indices (overrides the rule's choice)
     first_scale: int | None = None
-    skip: list[int] | None = None  # scales that run no blocks at all (fastvar-skip: the last two)
-    dense_prefix: int | None = None  # None = 3 of 32 layers, scaled to depth (release: layers 3-27 pruned)
-    dense_suffix: int | None = None  # None = 4 of 32
+    skip: list[int] | None = None  # explicit scale indices that run no blocks at all
+    skip_widths: list[int] | None = None  # release rule: grid widths that run no blocks (fastvar-skip: 48, 64)
+    dense_prefix: int | None = None  # None = the rule's layers
+    dense_suffix: int | None = None
     rounding: str = "fastvar"  # keep L - int(L * prune_ratio), as released
-    cache_scale: int | None = None  # None = the last unpruned, unskipped scale before the first pruned one
+    cache_scale: int | None = None  # None = the rule's cache scale
     extra: dict = field(default_factory=dict)
-
-
-def _release_keep(schedule: ScaleSchedule) -> dict[int, float]:
-    """{scale: keep} of the width rule; empty when no scale has a release width."""
-    return {i: round(1.0 - RELEASE_PRUNE_BY_WIDTH[s.w], 10)
-            for i, s in enumerate(schedule.scales) if s.w in RELEASE_PRUNE_BY_WIDTH}
 
 
 class FastVAR(Pruner):
@@ -53,36 +51,68 @@ class FastVAR(Pruner):
             self.name = name
         self.plan: ResolvedPlan | None = None
         self.skip_set: set[int] = set()
+        self.cache_si: int | None = None
+        self.notes: list[str] = []
 
     # ---- planning --------------------------------------------------------------------
-    def resolve(self, schedule: ScaleSchedule, depth: int) -> tuple[ResolvedPlan, set[int], int]:
+    def resolve(self, schedule: ScaleSchedule, depth: int) -> tuple[ResolvedPlan, set[int], int | None]:
+        plan, skip, cache, _notes = self.resolve_with_notes(schedule, depth)
+        return plan, skip, cache
+
+    def resolve_with_notes(self, schedule: ScaleSchedule, depth: int):
+        """(plan, skipped scales, cache scale or None, notes on where the release rule had to be completed)."""
         c = self.cfg
+        if c.rule not in RULES:
+            raise ConfigError(f"fastvar rule must be one of {', '.join(RULES)}, got {c.rule!r}")
         n = len(schedule)
         skip = set(resolve_scales(c.skip, None, schedule)) if c.skip else set()
-        release = _release_keep(schedule) if schedule.template == 1.0 else {}
-        if c.scales is None and c.first_scale is None and c.keep is None and release:
-            keep = release
+        explicit = c.scales is not None or c.first_scale is not None
+        notes: list[str] = []
+        rule_cache = None
+        if c.rule == "release" and not explicit:
+            rel = release_scales(schedule, c.skip_widths or ())
+            skip |= set(rel.skip)
+            if c.keep is None:
+                keep = {si: round(1.0 - r, 10) for si, r in rel.prune.items()}
+            elif rel.prune:
+                keep = resolve_keep(c.keep, sorted(rel.prune))
+            else:
+                raise ConfigError(
+                    f"{self.name}: a keep ratio was given, but the release's width rule prunes no scale of this schedule "
+                    f"(it prunes grids {'/'.join(map(str, RELEASE_PRUNE_BY_WIDTH))} wide); "
+                    "use fastvar-pos to choose scales by position, or give scales=[...]")
+            rule_cache, notes = rel.cache, list(rel.notes)
+            first, end = release_layers(depth, c.dense_prefix, c.dense_suffix)
+            if first >= end:
+                notes.append(f"the release prunes layers {RELEASE_LAYERS[0]}-{RELEASE_LAYERS[1] - 1}; "
+                             f"a {depth}-layer model has none of them: runs dense")
         else:
             scales = resolve_scales(c.scales, c.first_scale, schedule)
             keep = resolve_keep(0.6 if c.keep is None else c.keep, scales)
+            first, end = (release_layers(depth, c.dense_prefix, c.dense_suffix) if c.rule == "release"
+                          else dense_layer_split(depth, c.dense_prefix, c.dense_suffix))
         keep = {si: k for si, k in keep.items() if si not in skip}
-        if not keep and not skip:
+        if explicit and not keep and not skip:
             raise ConfigError("fastvar: no scale to prune or skip on this schedule; set scales and keep explicitly")
-        first, end = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
-        active = sorted(set(keep) | skip)
-        cache = c.cache_scale if c.cache_scale is not None else active[0] - 1
-        cache = cache + n if cache < 0 else cache
-        if keep and not (0 <= cache < min(keep)) or cache in keep or cache in skip:
-            raise ConfigError(f"fastvar cache scale {cache} must be a dense scale before the first pruned scale {min(keep)}")
-        return ResolvedPlan(keep, first, end), skip, cache
+        cache = None
+        if keep:
+            active = sorted(set(keep) | skip)
+            if c.cache_scale is not None:
+                cache = c.cache_scale + n if c.cache_scale < 0 else c.cache_scale
+            else:
+                cache = rule_cache if rule_cache is not None else active[0] - 1
+            if not (0 <= cache < min(keep)) or cache in skip:
+                raise ConfigError(f"fastvar cache scale {cache} must be a dense scale before the first pruned scale {min(keep)}")
+        return ResolvedPlan(keep, first, end), skip, cache, notes
 
     def validate(self, schedule: ScaleSchedule, depth: int) -> None:
         self.resolve(schedule, depth)
 
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
-        self.plan, self.skip_set, self.cache_si = self.resolve(schedule, depth)
-        cache_scale = schedule.scales[self.cache_si]
-        self.cache_grid = (cache_scale.h, cache_scale.w)
+        self.plan, self.skip_set, self.cache_si, self.notes = self.resolve_with_notes(schedule, depth)
+        if self.cache_si is not None:
+            cache_scale = schedule.scales[self.cache_si]
+            self.cache_grid = (cache_scale.h, cache_scale.w)
         self.branch_cache: dict[tuple[int, str], torch.Tensor] = {}
 
     def skips(self, si: int) -> bool:
@@ -96,7 +126,7 @@ class FastVAR(Pruner):
         out = super().config_dict()
         if self.plan is not None:
             out["resolved"] = {"keep": self.plan.keep, "skip": sorted(self.skip_set), "cache_scale": self.cache_si,
-                               "pruned_layers": [self.plan.first_layer, self.plan.end_layer - 1]}
+                               "pruned_layers": [self.plan.first_layer, self.plan.end_layer - 1], "notes": self.notes}
         return out
 
     # ---- execution -------------------------------------------------------------------
@@ -139,12 +169,13 @@ class FastVAR(Pruner):
     def _run_pruned(self, run: ScaleRun, k: int) -> torch.Tensor:
         cos, sin = run.rope(run.pos_L2)
         x = run.x_BLC
+        official = getattr(run.model, "numerics", "exact") == "official"
         for layer, blk in enumerate(run.model.blocks):
             if not (self.plan.first_layer <= layer < self.plan.end_layer):
                 x = run_block_dense(run, layer, x, cos, sin)
                 continue
             for name in BRANCHES:
-                idx = select_topk(dc_score(x), k, order="score")  # re-scored per sub-layer, per row
+                idx = select_topk(dc_score(x, official), k, order="score")  # re-scored per sub-layer, per row
                 cos_k, sin_k = run.rope(run.pos_L2[idx])
                 y_kept = run_branch(blk, name, gather_rows(x, idx), run.cond.mods[layer], cos_k, sin_k, run, layer)
                 run.count(layer, name, k)
