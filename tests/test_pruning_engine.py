@@ -230,3 +230,17 @@ def test_every_aspect_template_prunes_to_budget(tiny_pipe, template):
     for si in pr.pruned_scales(sched):
         assert r.sample.counter.per_scale(si)[0] == round(sched.scales[si].n * 0.5)
     assert r.sample.bits[-1].shape[1:3] == (sched.last.h, sched.last.w)
+
+
+def test_fastvar_release_rule_on_aspect_templates_is_completed_and_said():
+    """Where the release cannot run, the plan is defined and the output says what ran instead."""
+    skip = make_pruner("fastvar-skip")
+    skip.begin(get_schedule("1M", 0.75), 32)  # the 36x48 scale 10 is 48 wide, and not the last
+    assert skip.plan.keep == {} and sorted(skip.skip_set) == [10] and skip.cache_si is None
+    assert "skipped before the end" in skip.config_dict()["resolved"]["notes"][0]
+    fv = make_pruner("fastvar")
+    fv.begin(get_schedule("1M", 1.5), 32)  # 48x32 is pruned, but no scale has 576 tokens
+    assert fv.plan.keep == {10: 0.6} and fv.cache_si == 9
+    assert "no 576-token scale" in fv.config_dict()["resolved"]["notes"][0]
+    fv.begin(get_schedule("1M", 1.0), 32)
+    assert fv.config_dict()["resolved"]["notes"] == []
