@@ -69,9 +69,9 @@ class FastVAR(Pruner):
         explicit = c.scales is not None or c.first_scale is not None
         notes: list[str] = []
         rule_cache = None
+        rel = release_scales(schedule, c.skip_widths or ())
+        skip |= set(rel.skip)  # skip widths apply whichever scales are pruned
         if c.rule == "release" and not explicit:
-            rel = release_scales(schedule, c.skip_widths or ())
-            skip |= set(rel.skip)
             if c.keep is None:
                 keep = {si: round(1.0 - r, 10) for si, r in rel.prune.items()}
             elif rel.prune:
@@ -87,6 +87,7 @@ class FastVAR(Pruner):
                 notes.append(f"the release prunes layers {RELEASE_LAYERS[0]}-{RELEASE_LAYERS[1] - 1}; "
                              f"a {depth}-layer model has none of them: runs dense")
         else:
+            notes = [n for n in rel.notes if "skipped before the end" in n]
             scales = resolve_scales(c.scales, c.first_scale, schedule)
             keep = resolve_keep(0.6 if c.keep is None else c.keep, scales)
             first, end = (release_layers(depth, c.dense_prefix, c.dense_suffix) if c.rule == "release"
