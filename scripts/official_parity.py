@@ -230,16 +230,10 @@ def record_stepvar_fastvar(ours, text, bits, schedule, method="fastvar-skip"):
         fv_module.select_topk = original
     log["skipped"] = [si for si, b in enumerate(out.bits) if b is None]
     log["cache"] = pruner.cache_si
-    log["layers"] = list(range(pruner.plan.first_layer, pruner.plan.end_layer)) if pruner.plan.keep else []
-    log["keep"] = {si: len_kept for si, len_kept in
-                   ((si, _kept_count(schedule.scales[si].n, k)) for si, k in pruner.plan.keep.items())}
+    plan = pruner.active_plan
+    log["layers"] = list(range(*plan.layers)) if plan.keep else []
+    log["keep"] = dict(plan.kept)
     return log
-
-
-def _kept_count(L: int, keep: float) -> int:
-    from stepvar.pruning.scores import keep_count
-
-    return keep_count(L, keep, rounding="fastvar")
 
 
 def fastvar_parity(budgets: list[str], seed: int, numerics: str) -> list[dict]:

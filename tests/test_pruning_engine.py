@@ -54,8 +54,8 @@ def test_fastvar_release_counts_at_1024():
     sched = get_schedule("1M", 1.0)
     fv = make_pruner("fastvar")
     fv.begin(sched, 32)
-    assert fv.plan.keep == {9: 0.6, 10: 0.5}
-    assert (fv.plan.first_layer, fv.plan.end_layer) == (3, 28)
+    assert fv.active_plan.keep == {9: 0.6, 10: 0.5}
+    assert fv.active_plan.layers == (3, 28)
     assert fv.cache_si == 8 and not fv.skips(11)
     from stepvar.pruning.scores import keep_count
 
@@ -78,7 +78,7 @@ def test_fastvar_follows_the_release_width_rule_at_every_budget(budget, pruned, 
     for name, skips in (("fastvar", []), ("fastvar-skip", skipped)):
         fv = make_pruner(name)
         fv.begin(sched, 32)
-        assert fv.plan.keep == pruned and sorted(fv.skip_set) == skips and fv.cache_si == cache, name
+        assert fv.active_plan.keep == pruned and sorted(fv.active_plan.skipped) == skips and fv.cache_si == cache, name
 
 
 @pytest.mark.parametrize("depth, layers", [(4, (3, 4)), (12, (3, 12)), (16, (3, 16)), (32, (3, 28)), (40, (3, 28)),
@@ -87,7 +87,7 @@ def test_fastvar_pruned_layers_are_the_release_absolute_indices(depth, layers):
     """The release tests `layer_idx in range(3, 28)` whatever the depth: a 12-layer model prunes 3-11."""
     fv = make_pruner("fastvar")
     fv.begin(get_schedule("1M", 1.0), depth)
-    assert (fv.plan.first_layer, fv.plan.end_layer) == layers
+    assert fv.active_plan.layers == layers
 
 
 def test_fastvar_on_a_schedule_the_release_does_not_prune(tiny_pipe):
@@ -102,8 +102,8 @@ def test_fastvar_on_a_schedule_the_release_does_not_prune(tiny_pipe):
         make_pruner("fastvar", keep=0.4).validate(sched, 4)
     pos = make_pruner("fastvar-pos")  # the position rule: scales 4-6 at keep 0.6
     pos.begin(sched, 6)
-    assert pos.plan.keep == {4: 0.6, 5: 0.6, 6: 0.6} and pos.cache_si == 3
-    assert (pos.plan.first_layer, pos.plan.end_layer) == (1, 5)
+    assert pos.active_plan.keep == {4: 0.6, 5: 0.6, 6: 0.6} and pos.cache_si == 3
+    assert pos.active_plan.layers == (1, 5)
 
 
 def test_fastvar_skip_leaves_the_48_wide_scale_empty(tiny_pipe):
@@ -170,8 +170,8 @@ def test_method_variant_specs():
     assert split_method_list("dense, stepvar:scales=[5,6]:norm=rank,fastvar") == [
         "dense", "stepvar:scales=[5,6]:norm=rank", "fastvar"]
     p = make_pruner_from_spec("stepvar:norm=rank:w_str=2", keep=0.3)
-    assert (p.cfg.norm, p.cfg.w_str, p.cfg.keep) == ("rank", 2, 0.3)
-    assert make_pruner_from_spec("stepvar:keep=0.5", keep=0.3).cfg.keep == 0.5
+    assert (p.config.norm, p.config.w_str, p.config.keep) == ("rank", 2, 0.3)
+    assert make_pruner_from_spec("stepvar:keep=0.5", keep=0.3).config.keep == 0.5
     for bad in ("stepvar:norm", "nope:x=1", "stepvar:colour=red"):
         with pytest.raises(ConfigError):
             make_pruner_from_spec(bad)
@@ -236,11 +236,11 @@ def test_fastvar_release_rule_on_aspect_templates_is_completed_and_said():
     """Where the release cannot run, the plan is defined and the output says what ran instead."""
     skip = make_pruner("fastvar-skip")
     skip.begin(get_schedule("1M", 0.75), 32)  # the 36x48 scale 10 is 48 wide, and not the last
-    assert skip.plan.keep == {} and sorted(skip.skip_set) == [10] and skip.cache_si is None
+    assert skip.active_plan.keep == {} and sorted(skip.active_plan.skipped) == [10] and skip.cache_si is None
     assert "skipped before the end" in skip.config_dict()["resolved"]["notes"][0]
     fv = make_pruner("fastvar")
     fv.begin(get_schedule("1M", 1.5), 32)  # 48x32 is pruned, but no scale has 576 tokens
-    assert fv.plan.keep == {10: 0.6} and fv.cache_si == 9
+    assert fv.active_plan.keep == {10: 0.6} and fv.cache_si == 9
     assert "no 576-token scale" in fv.config_dict()["resolved"]["notes"][0]
     fv.begin(get_schedule("1M", 1.0), 32)
     assert fv.config_dict()["resolved"]["notes"] == []
