@@ -122,6 +122,7 @@ class Pipeline:
             "pruning": pruner.config_dict(),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "numerics": self.model.numerics,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "timings": timings,
@@ -137,12 +138,13 @@ def _build_untrained(preset: ModelPreset, seed: int) -> tuple[Infinity, BSQVAE]:
 
 def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
                   text_encoder: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-                  init_seed: int = 0) -> Pipeline:
+                  init_seed: int = 0, numerics: str = "exact") -> Pipeline:
     """Build a pipeline from a preset and local files. Nothing is ever downloaded.
 
     With no weights, the preset's architecture runs with seeded random weights and the
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
-    --text-encoder pointing at local files.
+    --text-encoder pointing at local files. numerics "official" reproduces the official code's bf16
+    roundings in the text attentions of an fp32 run (Infinity.set_numerics); "exact" keeps fp32.
     """
     preset = model if isinstance(model, ModelPreset) else load_model_preset(model)
     dev = resolve_device(device)
@@ -187,6 +189,7 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
         enc.to(dev).eval()
     if dt != torch.float32:
         net.cast_blocks(dt)
+    net.set_numerics(numerics)
     return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources)
 
 

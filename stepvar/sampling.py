@@ -100,6 +100,15 @@ class LatentCodec:
         return (2 * h, 2 * w) if self.patchify else (h, w)
 
 
+def resize_codes(z_BdHW: torch.Tensor, hw: tuple[int, int], official: bool = False) -> torch.Tensor:
+    """Bilinear resize of a code map (align_corners False). The official code does it as a trilinear
+    resize of (B, d, 1, H, W): the same values, computed by another kernel that differs in the last
+    bits, so "official" numerics take that path."""
+    if official:
+        return F.interpolate(z_BdHW.unsqueeze(2), (1, *hw), mode="trilinear", align_corners=False).squeeze(2)
+    return F.interpolate(z_BdHW, hw, mode="bilinear", align_corners=False)
+
+
 @dataclass
 class ScaleTiming:
     si: int
@@ -186,6 +195,7 @@ def sample(
     pruner.validate(schedule, len(model.blocks))
     pruner.begin(schedule, len(model.blocks))
     device = text_BTCt.device
+    official = getattr(model, "numerics", "exact") == "official"
 
     # 2. conditioning: [cond; uncond] rows only if some scale uses CFG
     B = text_BTCt.shape[0]
@@ -200,6 +210,7 @@ def sample(
     # 3. the scale loop
     H, W = codec.vae_grid(schedule.last.h, schedule.last.w)
     summed = torch.zeros(B, codec.codebook_dim, H, W, device=device)
+    first_codes = True
     caches = [KVCache() for _ in model.blocks]
     counter = TokenCounter()
     x_BLC = model.start_tokens(cond.cond_BD)
@@ -229,10 +240,17 @@ def sample(
             bits_all.append(bits)
             hidden_all.append(h_BLC[:B].detach() if keep_hidden else None)
             codes = codec.bits_to_latent(bits)
-            summed += codes if codes.shape[-2:] == (H, W) else F.interpolate(codes, (H, W), mode="bilinear", align_corners=False)
+            up = codes if codes.shape[-2:] == (H, W) else resize_codes(codes, (H, W), official)
+            if official and first_codes:
+                # The official map starts as the integer 0, so it takes the first resized codes' memory
+                # layout (channels-last, from the bits' permute), which later resizes compute in another order.
+                summed = 0 + up
+            else:
+                summed += up
+            first_codes = False
         if si + 1 < n:
             nxt = schedule.scales[si + 1]
-            z = F.interpolate(summed, codec.vae_grid(nxt.h, nxt.w), mode="bilinear", align_corners=False)
+            z = resize_codes(summed, codec.vae_grid(nxt.h, nxt.w), official)
             x_BLC = model.embed_tokens(codec.latent_to_tokens(z))
             if use_cfg:
                 x_BLC = torch.cat((x_BLC, x_BLC), 0)

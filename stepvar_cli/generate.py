@@ -12,7 +12,7 @@ from .console import err, out, run_guarded
 from .safe_print import note, plain
 from .validators import MethodFileOpt, ModelFileOpt, preset_from_options
 from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, FirstScaleOpt, JsonOpt, KeepOpt, KeepTableOpt, MethodOpt,
-                      ModelOpt, ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, make_method,
+                      ModelOpt, NumericsOpt, ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, make_method,
                       sampling_options)
 
 
@@ -23,13 +23,15 @@ def generate(
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", numerics: NumericsOpt = "exact", as_json: JsonOpt = False,
     model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
 ) -> None:
     """Generate one image."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from stepvar.errors import ConfigError
     from stepvar.io import check_image_outputs, save_image_with_sidecar
+    from stepvar.models.blocks import NUMERICS
     from stepvar.pipeline import load_pipeline
     from stepvar.text import check_prompts
 
@@ -37,10 +39,12 @@ def generate(
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
         check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
+        if numerics not in NUMERICS:
+            raise ConfigError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
         chosen = preset_from_options(model, model_file)
         sampling = sampling_options(chosen, cfg, tau, top_p, seed)
         pruner = make_method(method, keep, keep_per_scale, first_scale, method_file)
-        pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype)
+        pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype, numerics=numerics)
         pipe.check_prompts([prompt])
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         sampling.validate(len(schedule))

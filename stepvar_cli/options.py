@@ -14,6 +14,8 @@ VaeOpt = Annotated[Optional[Path], typer.Option(help="Local VAE weights (.pth wi
 TextEncOpt = Annotated[Optional[Path], typer.Option("--text-encoder", help="Local flan-t5-xl directory (needs stepvar\\[t5]).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.", envvar="STEPVAR_DEVICE")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")]
+NumericsOpt = Annotated[str, typer.Option(help="exact (fp32 stays fp32; default) or official: the official code's bf16 "
+                                               "roundings in an fp32 run, to compare with it bit for bit.")]
 ResOpt = Annotated[Optional[int], typer.Option("--resolution", "-r", help="256, 512, 768, 1024 or 2048 (default: the model's own).")]
 AspectOpt = Annotated[Optional[str], typer.Option(help="Aspect ratio W:H (e.g. 1:1, 4:3) or h/w; snapped to the nearest template.")]
 SizeOpt = Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT in pixels, snapped to the nearest schedule.")]

@@ -43,7 +43,8 @@ def documented_row_types() -> dict[str, str]:
 
 
 def bench_args(out, *extra):
-    return ["bench", *TINY, "--resolution", "256", "--methods", "dense,stepvar,fastvar-skip", "--keep", "0.5",
+    # fastvar-pos-skip: at 256 px the release's fastvar-skip skips nothing; this one skips the last two scales
+    return ["bench", *TINY, "--resolution", "256", "--methods", "dense,stepvar,fastvar-pos-skip", "--keep", "0.5",
             "--repeats", "1", "--warmup", "0", "--out", out, *extra]
 
 
@@ -66,7 +67,7 @@ def test_bench_report_follows_documented_schema(tmp_path):
     assert isinstance(env["threads"], int) and env["threads"] >= 1
     rows = report["results"]
     assert validate_rows(rows, documented_row_types()) == []
-    assert [x["label"] for x in rows] == ["dense", "stepvar@0.5", "fastvar-skip"]
+    assert [x["label"] for x in rows] == ["dense", "stepvar@0.5", "fastvar-pos-skip"]
     assert all(x["status"] == "ok" and x["resolution"] == 256 and x["measured"] for x in rows)
     dense, stepvar, skip = rows
     assert dense["speedup_vs_dense"] == 1.0 and dense["flop_speedup_bound"] == 1.0 and dense["keep"] is None
@@ -82,7 +83,7 @@ def test_bench_report_follows_documented_schema(tmp_path):
     assert stepvar["tokens_per_block"][6] == {"grid": "16x16", "dense": 256, "min": 128, "max": 128, "skipped": False}
     with open(tmp_path / "report.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == list(ROW_FIELDS) and [t["label"] for t in table] == ["dense", "stepvar@0.5", "fastvar-skip"]
+    assert list(table[0]) == list(ROW_FIELDS) and [t["label"] for t in table] == ["dense", "stepvar@0.5", "fastvar-pos-skip"]
     assert "| 256 | stepvar | 0.5 | ok |" in (tmp_path / "report.md").read_text()
     for name in ("latency_vs_resolution", "speedup_vs_keep", "per_scale_time", "per_scale_flops"):
         with Image.open(tmp_path / f"{name}.png") as im:
@@ -109,7 +110,7 @@ def test_failed_configuration_is_reported_others_kept_exit_3(tmp_path, monkeypat
     assert r.exit_code == 3, r.output
     rows = json.loads((tmp_path / "report.json").read_text())["results"]
     assert [(x["label"], x["status"]) for x in rows] == [
-        ("dense", "ok"), ("stepvar@0.5", "failed: RuntimeError: boom"), ("fastvar-skip", "ok")]
+        ("dense", "ok"), ("stepvar@0.5", "failed: RuntimeError: boom"), ("fastvar-pos-skip", "ok")]
     assert rows[1]["latency_s"] is None and rows[2]["speedup_vs_dense"] > 0
     assert validate_rows(rows, documented_row_types()) == []
     assert "failed" in r.stderr
@@ -201,7 +202,8 @@ def test_flops_only_needs_no_weights():
 
 # ---- FLOPs ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,res,batch", [
-    ("dense", 256, 1), ("stepvar", 256, 2), ("fastvar", 512, 1), ("fastvar-skip", 256, 1), ("texture-only", 512, 1),
+    ("dense", 256, 1), ("stepvar", 256, 2), ("fastvar", 512, 1), ("fastvar-skip", 768, 1), ("fastvar-pos-skip", 256, 1),
+    ("texture-only", 512, 1),
 ])
 def test_plan_flops_equals_counted_flops(tiny_pipe, method, res, batch):
     sched = schedule_for(res)
@@ -231,13 +233,13 @@ def test_dense_flops_match_torch_flop_counter(tiny_pipe):
 
 # ---- compare -------------------------------------------------------------------------------------
 def test_compare_one_prompt(tmp_path):
-    r = run("compare", *TINY, "--prompt", "a red circle", "--methods", "dense,stepvar,fastvar-skip", "--keep", "0.5",
+    r = run("compare", *TINY, "--prompt", "a red circle", "--methods", "dense,stepvar,fastvar-pos-skip", "--keep", "0.5",
             "--seed", 3, "--warmup", 0, "--out", tmp_path, "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data == json.loads((tmp_path / "report.json").read_text())
     rows = {x["label"]: x for x in data["results"]}
-    dense, stepvar, skip = rows["dense"], rows["stepvar@0.5"], rows["fastvar-skip"]
+    dense, stepvar, skip = rows["dense"], rows["stepvar@0.5"], rows["fastvar-pos-skip"]
     assert dense["identical"] and dense["psnr_db"] is None and dense["ssim"] == pytest.approx(1.0)
     assert dense["token_agreement"] == [1.0] * 7 and dense["speedup_vs_dense"] == 1.0
     for x in (stepvar, skip):
@@ -249,7 +251,7 @@ def test_compare_one_prompt(tmp_path):
     assert skip["token_agreement"][5:] == [None, None] and skip["skipped_scales"] == [5, 6]
     for x in data["results"]:
         assert (tmp_path / x["image"]).is_file()
-    assert {p.name for p in tmp_path.glob("0_*.png")} == {"0_dense.png", "0_stepvar_0.5.png", "0_fastvar-skip.png"}
+    assert {p.name for p in tmp_path.glob("0_*.png")} == {"0_dense.png", "0_stepvar_0.5.png", "0_fastvar-pos-skip.png"}
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size[0] >= 3 * 256 and grid.size[1] > 256
     assert "inf (identical)" in (tmp_path / "report.md").read_text()

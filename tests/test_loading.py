@@ -9,12 +9,14 @@ from stepvar.loading.checkpoints import (
     CONTAINERS,
     LoadedCheckpoint,
     check_against,
+    check_vae_against,
     guess_preset,
     load_model_weights,
     load_vae_weights,
     preset_shapes,
     read_checkpoint,
     save_checkpoint,
+    vae_shapes,
 )
 from stepvar.loading.inspect import inspect_checkpoint
 from stepvar.models.bsq_vae import BSQVAE, VAE_PRESETS
@@ -243,6 +245,60 @@ def test_vae_container_with_plain_keys(tmp_path, with_mask):
         for key, t in ref.items():
             expected = t + want if t.is_floating_point() else t
             assert torch.equal(target.state_dict()[key], expected), key
+
+
+def _official_vae_state_dict(vae):
+    """What the official VAE class's state_dict() holds: plain conv keys, and the quantizer twice,
+    because that class also assigns it to `self.quantize` (the two keys share one tensor)."""
+    sd = _plain_vae_keys(dict(vae.state_dict()))
+    sd["quantize.lfq.mask"] = sd["quantizer.lfq.mask"]
+    return sd
+
+
+def test_official_vae_file_with_alias_key_loads(tmp_path):
+    torch.manual_seed(2)
+    vae = BSQVAE(VAE_PRESETS["tiny"])
+    path = tmp_path / "infinity_vae.pth"
+    torch.save(_official_vae_state_dict(vae), path)
+    with torch.device("meta"):
+        target = BSQVAE(VAE_PRESETS["tiny"])
+    report = load_vae_weights(target, path)
+    for key, t in vae.state_dict().items():
+        assert torch.equal(target.state_dict()[key], t), key
+    assert any("quantize." in n and "dropped" in n for n in report.notes)
+    assert check_vae_against(vae_shapes("tiny"), read_checkpoint(path).tensors) == []
+    # A file holding the quantizer only under its alias is the same module under its other name.
+    only_alias = _official_vae_state_dict(vae)
+    only_alias.pop("quantizer.lfq.mask")
+    torch.save(only_alias, tmp_path / "alias_only.pth")
+    with torch.device("meta"):
+        target = BSQVAE(VAE_PRESETS["tiny"])
+    load_vae_weights(target, tmp_path / "alias_only.pth")
+    assert torch.equal(target.quantizer.lfq.mask, vae.quantizer.lfq.mask)
+
+
+@pytest.mark.parametrize("damage", ["alias differs", "alias reshaped", "renamed", "reshaped"])
+def test_official_vae_file_real_mismatch_refused(tmp_path, damage):
+    vae = BSQVAE(VAE_PRESETS["tiny"])
+    sd = _official_vae_state_dict(vae)
+    if damage == "alias differs":
+        sd["quantize.lfq.mask"] = sd["quantizer.lfq.mask"].flip(0)
+        want = "key 'quantize.lfq.mask' names the same module as 'quantizer.lfq.mask' but holds different values"
+    elif damage == "alias reshaped":
+        sd["quantize.lfq.mask"] = torch.cat([sd["quantizer.lfq.mask"]] * 2)
+        want = "key 'quantize.lfq.mask' names the same module as 'quantizer.lfq.mask'"
+    elif damage == "renamed":
+        sd["decoder.conv_in.weight_old"] = sd.pop("decoder.conv_in.weight")
+        want = "missing key 'decoder.conv_in.conv.weight'"
+    else:
+        sd["decoder.conv_in.weight"] = sd["decoder.conv_in.weight"][:, :-1]
+        want = "key 'decoder.conv_in.conv.weight' has shape"
+    path = tmp_path / "vae.pth"
+    torch.save(sd, path)
+    with torch.device("meta"):
+        target = BSQVAE(VAE_PRESETS["tiny"])
+    assert want in _error(load_vae_weights, target, path)
+    assert check_vae_against(vae_shapes("tiny"), read_checkpoint(path).tensors) != []
 
 
 def test_vae_mismatch_names_guess(tmp_path):

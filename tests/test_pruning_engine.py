@@ -67,18 +67,57 @@ def test_fastvar_release_counts_at_1024():
     assert isinstance(skip, FastVAR)
 
 
-def test_fastvar_skip_leaves_last_scales_empty(tiny_pipe):
-    sched = tiny_pipe.schedule("0.25M")
-    r = tiny_pipe.generate("x", sched, make_pruner("fastvar-skip"), SamplingConfig(seed=1))
-    assert r.sample.bits[-1] is None and r.sample.bits[-2] is None
-    assert r.sample.counter.per_scale(9) == []
+@pytest.mark.parametrize("budget, pruned, skipped, cache", [
+    ("0.06M", {}, [], None),                      # widths up to 16: the release prunes nothing
+    ("0.25M", {9: 0.6}, [], 8),                   # 32x32 is the last scale: pruned, not skipped
+    ("0.60M", {9: 0.6, 10: 0.5}, [11], 8),        # 48x48 is the last scale: skipped
+    ("1M", {9: 0.6, 10: 0.5}, [11, 12], 8),
+])
+def test_fastvar_follows_the_release_width_rule_at_every_budget(budget, pruned, skipped, cache):
+    sched = get_schedule(budget, 1.0)
+    for name, skips in (("fastvar", []), ("fastvar-skip", skipped)):
+        fv = make_pruner(name)
+        fv.begin(sched, 32)
+        assert fv.active_plan.keep == pruned and sorted(fv.active_plan.skipped) == skips and fv.cache_si == cache, name
+
+
+@pytest.mark.parametrize("depth, layers", [(4, (3, 4)), (12, (3, 12)), (16, (3, 16)), (32, (3, 28)), (40, (3, 28)),
+                                           (3, (3, 3))])
+def test_fastvar_pruned_layers_are_the_release_absolute_indices(depth, layers):
+    """The release tests `layer_idx in range(3, 28)` whatever the depth: a 12-layer model prunes 3-11."""
+    fv = make_pruner("fastvar")
+    fv.begin(get_schedule("1M", 1.0), depth)
+    assert fv.active_plan.layers == layers
+
+
+def test_fastvar_on_a_schedule_the_release_does_not_prune(tiny_pipe):
+    """At 256 px no grid is 32 or 40 wide: fastvar is dense bit for bit; a keep ratio for it is refused."""
+    sched = tiny_pipe.schedule("0.06M")
+    dense = tiny_pipe.generate("a", sched, make_pruner("dense"), SamplingConfig(seed=3))
+    fv = make_pruner("fastvar")
+    r = tiny_pipe.generate("a", sched, fv, SamplingConfig(seed=3))
+    assert np.array_equal(r.images, dense.images)
+    assert "selects no scale" in fv.config_dict()["resolved"]["notes"][0]
+    with pytest.raises(ConfigError, match="fastvar-pos"):
+        make_pruner("fastvar", keep=0.4).validate(sched, 4)
+    pos = make_pruner("fastvar-pos")  # the position rule: scales 4-6 at keep 0.6
+    pos.begin(sched, 6)
+    assert pos.active_plan.keep == {4: 0.6, 5: 0.6, 6: 0.6} and pos.cache_si == 3
+    assert pos.active_plan.layers == (1, 5)
+
+
+def test_fastvar_skip_leaves_the_48_wide_scale_empty(tiny_pipe):
+    sched = tiny_pipe.schedule("0.60M")
+    r = tiny_pipe.generate("x", sched, make_pruner("fastvar-skip"), SamplingConfig(seed=1), decode=False)
+    assert r.sample.bits[-1] is None and r.sample.bits[-2] is not None
+    assert r.sample.counter.per_scale(11) == [] and r.sample.counter.per_scale(10) == [1600, 1600, 1600, 800]
 
 
 @pytest.mark.parametrize("template", [0.75, 2.0, 0.333])
 def test_non_square_templates_batch_and_cfg(tiny_pipe, template):
     sched = get_schedule("0.25M", template)
     for cfg in (1.0, 3.0):
-        for method in ("stepvar", "fastvar", "random"):
+        for method in ("stepvar", "fastvar-pos", "random"):  # the release rule prunes nothing at 0.25M here
             r = tiny_pipe.generate(["a", "b"], sched, make_pruner(method, keep=0.5), SamplingConfig(seed=2, cfg=cfg),
                                    decode=False)
             assert r.sample.latent_BdHW.shape == (2, 8, sched.last.h, sched.last.w)
@@ -191,3 +230,17 @@ def test_every_aspect_template_prunes_to_budget(tiny_pipe, template):
     for si in pr.pruned_scales(sched):
         assert r.sample.counter.per_scale(si)[0] == round(sched.scales[si].n * 0.5)
     assert r.sample.bits[-1].shape[1:3] == (sched.last.h, sched.last.w)
+
+
+def test_fastvar_release_rule_on_aspect_templates_is_completed_and_said():
+    """Where the release cannot run, the plan is defined and the output says what ran instead."""
+    skip = make_pruner("fastvar-skip")
+    skip.begin(get_schedule("1M", 0.75), 32)  # the 36x48 scale 10 is 48 wide, and not the last
+    assert skip.active_plan.keep == {} and sorted(skip.active_plan.skipped) == [10] and skip.cache_si is None
+    assert "skipped before the end" in skip.config_dict()["resolved"]["notes"][0]
+    fv = make_pruner("fastvar")
+    fv.begin(get_schedule("1M", 1.5), 32)  # 48x32 is pruned, but no scale has 576 tokens
+    assert fv.active_plan.keep == {10: 0.6} and fv.cache_si == 9
+    assert "no 576-token scale" in fv.config_dict()["resolved"]["notes"][0]
+    fv.begin(get_schedule("1M", 1.0), 32)
+    assert fv.config_dict()["resolved"]["notes"] == []

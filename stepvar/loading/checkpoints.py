@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 VAE_MASK_KEY = "quantizer.lfq.mask"
+# The official VAE class assigns its quantizer to a second attribute (`self.quantize = self.quantizer`),
+# so a state_dict saved from it holds every quantizer tensor under both prefixes.
+VAE_MODULE_ALIASES = (("quantize.", "quantizer."),)
 
 # Buffers the official loader deletes before loading: never part of the architecture.
 OFFICIAL_DROPPED = frozenset({"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"})
@@ -57,7 +60,8 @@ class KeyProblem:
     """One way a file's tensors differ from what the model expects."""
 
     key: str
-    kind: str  # "missing" | "unexpected" | "shape" | "nonzero"
+    kind: str  # "missing" | "unexpected" | "shape" | "nonzero" | "alias"
+    alias_of: str | None = None  # kind "alias": the key this one names a second time
     expected: Shape | None = None
     found: Shape | None = None
 
@@ -68,12 +72,15 @@ class KeyProblem:
             return f"unexpected key '{self.key}' (shape {_fmt(self.found)})"
         if self.kind == "shape":
             return f"key '{self.key}' has shape {_fmt(self.found)}, expected {_fmt(self.expected)}"
+        if self.kind == "alias":
+            return f"key '{self.key}' names the same module as '{self.alias_of}' but holds different values"
         return f"buffer '{self.key}' must be all zeros"
 
     def to_dict(self) -> dict:
         return {"key": self.key, "kind": self.kind,
                 "expected": list(self.expected) if self.expected is not None else None,
-                "found": list(self.found) if self.found is not None else None}
+                "found": list(self.found) if self.found is not None else None,
+                **({"alias_of": self.alias_of} if self.alias_of else {})}
 
 
 @dataclass
@@ -150,12 +157,55 @@ def check_against(expected: Mapping[str, Shape | torch.Size], tensors: Mapping[s
     return _compare(expected, _normalize(expected, tensors))
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+        return False
+    if a.is_meta or b.is_meta:  # shapes only: a meta tensor has no values to compare
+        return True
+    return torch.equal(a, b)
+
+
+def fold_module_aliases(tensors: Mapping[str, torch.Tensor], aliases=VAE_MODULE_ALIASES,
+                        ) -> tuple[dict[str, torch.Tensor], list[str], list[KeyProblem]]:
+    """Drop keys that name an aliased module a second time with the same values.
+
+    A key present only under the alias is renamed to the canonical name (it is the same module);
+    an alias whose values differ from its canonical key is a problem, because the file then does
+    not say which of the two the model should take.
+    """
+    out = dict(tensors)
+    problems, dropped, renamed = [], 0, 0
+    for alias, canonical in aliases:
+        for key in [k for k in out if k.startswith(alias)]:
+            target = canonical + key[len(alias):]
+            t = out.pop(key)
+            if target not in out:
+                out[target] = t
+                renamed += 1
+            elif _same_tensor(t, out[target]):
+                dropped += 1
+            else:
+                problems.append(KeyProblem(key, "alias", found=tuple(t.shape), alias_of=target))
+    notes = []
+    if dropped:
+        notes.append(f"{dropped} key(s) under the official alias prefix(es) "
+                     f"{', '.join(a for a, _ in aliases)} dropped (same values as their canonical keys)")
+    if renamed:
+        notes.append(f"{renamed} key(s) read under their canonical prefix(es) {', '.join(c for _, c in aliases)}")
+    return out, notes, problems
+
+
+def _vae_tensors(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[KeyProblem]]:
+    """A VAE file's tensors in this package's key spelling, official aliases folded."""
+    return fold_module_aliases(canonicalize_vae_keys(dict(tensors)))
+
+
 def check_vae_against(expected: Mapping[str, Shape], tensors: Mapping[str, torch.Tensor]) -> list[KeyProblem]:
     """As check_against, for VAE keys in either spelling; the quantizer mask may be absent (it is derived)."""
-    canon = canonicalize_vae_keys(dict(tensors))
+    canon, _notes, alias_problems = _vae_tensors(tensors)
     if VAE_MASK_KEY not in canon:
         expected = {k: v for k, v in expected.items() if k != VAE_MASK_KEY}
-    return check_against(expected, canon)
+    return check_against(expected, canon) + alias_problems
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,8 +359,7 @@ def load_vae_weights(
 ) -> LoadReport:
     """Strictly load a VAE checkpoint (plain or wrapped conv/norm keys) into `vae` (meta device allowed)."""
     ckpt = _as_loaded(path_or_loaded, use_ema=use_ema)
-    tensors = canonicalize_vae_keys(ckpt.tensors)
-    notes = []
+    tensors, notes, alias_problems = _vae_tensors(ckpt.tensors)
     if VAE_MASK_KEY not in tensors:
         # The mask is a pure function of d (bit weights), so a file without it loses nothing.
         tensors[VAE_MASK_KEY] = bit_weights(vae.cfg.codebook_dim)
@@ -318,7 +367,7 @@ def load_vae_weights(
     own = vae.state_dict()
     expected = {k: tuple(v.shape) for k, v in own.items()}
     norm = _normalize(expected, tensors)
-    problems = _compare(expected, norm)
+    problems = _compare(expected, norm) + alias_problems
     name = next((n for n, c in VAE_PRESETS.items() if c == vae.cfg), None)
     if problems:
         cause = vae_likely_cause(ckpt.tensors, ckpt.path, name)

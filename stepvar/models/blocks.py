@@ -92,6 +92,30 @@ def ada_ln(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.T
     return h * (1 + scale) + shift
 
 
+NUMERICS = ("exact", "official")
+
+
+def bf16_round_trip_attention(q, k, v, attn_mask=None, scale=None) -> torch.Tensor:
+    """Softmax attention as the official code runs its text attentions in an fp32 model.
+
+    The official cross-attention and text pooling hand fp32 queries, keys and values to a bf16
+    flash-attention kernel and read its bf16 output back as fp32. Here q, k, v are rounded to
+    bf16, the attention itself runs in fp32 and its output is rounded to bf16: the same roundings
+    (flash-attention's own accumulation order inside the kernel is not reproduced).
+    """
+    r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
+    out = F.scaled_dot_product_attention(r(q), r(k), r(v), attn_mask=attn_mask, scale=scale)
+    return r(out)
+
+
+def text_attention(q, k, v, attn_mask=None, official: bool = False) -> torch.Tensor:
+    """SDPA, or the official bf16 round trip when asked for and the inputs are fp32 (the official
+    code rounds only then; a bf16 run is already bf16)."""
+    if official and q.dtype == torch.float32:
+        return bf16_round_trip_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
 class SelfAttention(nn.Module):
     """Cos-attention (qk-norm, learned per-head log-scale, softmax scale 1) with 2-D RoPE."""
 
@@ -136,6 +160,7 @@ class CrossAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width), persistent=False)
         self.proj = nn.Linear(width, width)
+        self.official_numerics = False  # Infinity.set_numerics; not part of the weights
 
     def text_kv(self, text_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bias = torch.cat((self.zero_k_bias, self.v_bias))
@@ -145,7 +170,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x_BlC: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None) -> torch.Tensor:
         q = self.mat_q(x_BlC).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # (B, H, l, hd)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
+        out = text_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask, self.official_numerics)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 

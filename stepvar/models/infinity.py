@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CrossAttnBlock, KVCache, Modulation, TextContext
+from ..errors import ConfigError
+from .blocks import NUMERICS, CrossAttention, CrossAttnBlock, KVCache, Modulation, TextContext, text_attention
 from .config import InfinityConfig
 from .rope import Rope2D
 
@@ -45,13 +46,14 @@ class PoolingAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(cond_width))
         self.register_buffer("zero_k_bias", torch.zeros(cond_width), persistent=False)
         self.proj = nn.Linear(cond_width, cond_width)
+        self.official_numerics = False  # Infinity.set_numerics; not part of the weights
 
     def forward(self, text_BTCt: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
         bias = torch.cat((self.zero_k_bias, self.v_bias))
         kv = F.linear(text_BTCt, self.mat_kv.weight, bias)
         k, v = kv.unflatten(-1, (2, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)  # 2 x (B, P, T, hd)
         q = self.mat_q.unsqueeze(2).expand(text_BTCt.shape[0], -1, -1, -1)  # (B, P, 1, hd)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BT[:, None, None, :])  # (B, P, 1, hd)
+        out = text_attention(q, k, v, mask_BT[:, None, None, :], self.official_numerics)  # (B, P, 1, hd)
         return self.proj(out.flatten(1))  # (B, D)
 
 
@@ -97,6 +99,7 @@ class Infinity(nn.Module):
     def __init__(self, cfg: InfinityConfig):
         super().__init__()
         self.cfg = cfg
+        self.numerics = "exact"
         C, D, Ct = cfg.width, cfg.cond_width, cfg.text_channels
         self.cfg_uncond = nn.Parameter(torch.randn(cfg.text_maxlen, Ct) * 0.02)
         self.text_norm = RMSNorm(Ct)
@@ -126,7 +129,7 @@ class Infinity(nn.Module):
         Checkpoints hold no RoPE table and may or may not hold zero_k_bias, so these are
         always computed here rather than loaded.
         """
-        self.rope = Rope2D(self.cfg.head_dim).to(device)
+        self.rope = Rope2D(self.cfg.head_dim, official=self.numerics == "official").to(device)
         for module in self.modules():
             if "zero_k_bias" in module._buffers:
                 buf = module._buffers["zero_k_bias"]
@@ -139,6 +142,21 @@ class Infinity(nn.Module):
             for module in blk.modules():
                 if "zero_k_bias" in module._buffers:
                     module._buffers["zero_k_bias"] = module._buffers["zero_k_bias"].float()
+
+    def set_numerics(self, numerics: str) -> None:
+        """"exact": every fp32 computation stays fp32 (the default). "official": the text attentions
+        (cross-attention in every block, text pooling) round their inputs and output to bf16 even in
+        an fp32 run, and the RoPE angles are computed in fp32, as the official code does, so outputs
+        can be checked against it."""
+        if numerics not in NUMERICS:
+            raise ConfigError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        self.numerics = numerics
+        official = numerics == "official"
+        if self.rope.official != official and not self.rope.cos.is_meta:
+            self.rope = Rope2D(self.cfg.head_dim, self.rope.grid, official=official).to(self.rope.cos.device)
+        for module in self.modules():
+            if isinstance(module, (CrossAttention, PoolingAttention)):
+                module.official_numerics = numerics == "official"
 
     @property
     def blocks(self) -> tuple[CrossAttnBlock, ...]:

@@ -16,11 +16,18 @@ from ..schedules import ROPE_GRID
 class Rope2D(nn.Module):
     """cos/sin table of shape (ROPE_GRID*ROPE_GRID, hd/2): pairs 0..hd/4-1 rotate by row, the rest by column."""
 
-    def __init__(self, head_dim: int, grid: int = ROPE_GRID, base: float = 10000.0):
+    def __init__(self, head_dim: int, grid: int = ROPE_GRID, base: float = 10000.0, official: bool = False):
         super().__init__()
         half = head_dim // 2
-        inv_freq = base ** (-torch.arange(0, half, 2, dtype=torch.float64) / half)  # (hd/4,)
-        coords = torch.arange(grid, dtype=torch.float64)
+        # Angles in fp64 by default; "official" computes them in fp32 the way the official table does
+        # (1 / base**(i/half), position * frequency in fp32), which differs in the last bits.
+        dtype = torch.float32 if official else torch.float64
+        if official:
+            inv_freq = 1.0 / (base ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
+        else:
+            inv_freq = base ** (-torch.arange(0, half, 2, dtype=torch.float64) / half)  # (hd/4,)
+        self.official = official
+        coords = torch.arange(grid, dtype=dtype)
         ang_y = coords[:, None, None] * inv_freq  # (G, 1, hd/4)
         ang_x = coords[None, :, None] * inv_freq  # (1, G, hd/4)
         ang = torch.cat(torch.broadcast_tensors(ang_y, ang_x), dim=-1).reshape(grid * grid, half)

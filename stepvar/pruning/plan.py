@@ -123,8 +123,76 @@ def resolve_keep(keep: float | dict | list, scales: list[int]) -> dict[int, floa
     raise ConfigError(f"keep must be a number, a list or a mapping, got {keep!r}")
 
 
+# FastVAR's Infinity release keys everything to the token grid, not to scale positions: it prunes
+# the scales whose grid is 32 or 40 wide (prune ratios 0.4 and 0.5), never runs those 48 or 64
+# wide, restores from the branch outputs of the scale with 576 tokens (24 x 24), and prunes the
+# layers with absolute indices 3-27, whatever the model's depth.
+RELEASE_PRUNE_BY_WIDTH = {32: 0.4, 40: 0.5}
+RELEASE_SKIP_WIDTHS = (48, 64)
+RELEASE_CACHE_TOKENS = 576
+RELEASE_LAYERS = (3, 28)  # [first, end)
+
+
+@dataclass(frozen=True)
+class ReleaseScales:
+    """What the release's width rule does on one schedule."""
+
+    prune: dict[int, float]  # scale index -> prune ratio (fraction removed)
+    skip: list[int]  # scales that run no blocks (only when the skip widths are asked for)
+    cache: int | None  # the scale whose branch outputs are restored from; None if nothing is pruned
+    notes: list[str]  # where this schedule takes the release somewhere it cannot go, and what runs instead
+
+
+def release_scales(schedule: ScaleSchedule, skip_widths=()) -> ReleaseScales:
+    """The release's scale rule on any schedule: widths decide, positions do not.
+
+    Two situations the release cannot run get a defined behaviour here, written into `notes`:
+    a pruned scale with no 576-token scale before it (the release restores from a cache it never
+    wrote and fails) restores from the last scale run before it; a skipped scale that is not the
+    last (the release then feeds the next scale the skipped scale's input and fails) is skipped,
+    and the next scale is fed from the codes accumulated so far, as after any scale.
+    """
+    scales = schedule.scales
+    skip = [i for i, s in enumerate(scales) if s.w in tuple(skip_widths)]
+    prune = {i: RELEASE_PRUNE_BY_WIDTH[s.w] for i, s in enumerate(scales)
+             if s.w in RELEASE_PRUNE_BY_WIDTH and i not in skip}
+    notes = []
+    cache = None
+    if prune:
+        first = min(prune)
+        cached = [i for i in range(first) if scales[i].n == RELEASE_CACHE_TOKENS and i not in skip]
+        if cached:
+            cache = cached[-1]
+        else:
+            run = [i for i in range(first) if i not in skip]
+            cache = run[-1]
+            notes.append(f"no {RELEASE_CACHE_TOKENS}-token scale before the first pruned scale {first}: "
+                         f"restoring from scale {cache} ({scales[cache].h}x{scales[cache].w}) instead (the release fails here)")
+    for i in skip:
+        if any(j not in skip for j in range(i + 1, len(scales))):
+            notes.append(f"scale {i} ({scales[i].h}x{scales[i].w}) is skipped before the end: the next scale is fed "
+                         "from the codes accumulated so far (the release feeds it the skipped scale's input and fails)")
+    if not prune and not skip:
+        widths = sorted({s.w for s in scales})
+        notes.append(f"the release's width rule selects no scale here (grid widths {widths[0]}-{widths[-1]}): runs dense")
+    return ReleaseScales(prune, skip, cache, notes)
+
+
+def release_layers(depth: int, prefix: int | None = None, suffix: int | None = None) -> tuple[int, int]:
+    """[first, end) of the pruned layers: absolute indices 3-27 as released, clipped to the depth.
+
+    A 12-layer model therefore prunes layers 3-11 and keeps no dense tail, exactly as the
+    release's `layer_idx in range(3, 28)` does. Explicit prefix/suffix counts override either end.
+    """
+    first = min(RELEASE_LAYERS[0], depth) if prefix is None else prefix
+    end = min(RELEASE_LAYERS[1], depth) if suffix is None else depth - suffix
+    if first < 0 or end > depth or (prefix is not None or suffix is not None) and first >= end:
+        raise ConfigError(f"dense layers ({first} first, {depth - end} last) leave no layer to prune in a {depth}-layer model")
+    return first, max(first, end)
+
+
 def dense_layer_split(depth: int, prefix: int | None, suffix: int | None) -> tuple[int, int]:
-    """(first pruned layer, first dense-suffix layer). None means FastVAR's 3 of 32 / 4 of 32, scaled to depth."""
+    """(first pruned layer, first dense-suffix layer). None means 3 of 32 / 4 of 32 scaled to depth (StepVAR's rule)."""
     p = round(depth * 3 / 32) if prefix is None else prefix
     s = round(depth * 4 / 32) if suffix is None else suffix
     if p < 0 or s < 0 or p + s >= depth:

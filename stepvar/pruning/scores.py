@@ -157,10 +157,15 @@ def texture_score(x_BLC: torch.Tensor, h: int, w: int, border: str = "exclude_pa
     return _sq_norm(x - local_mean(x, h, w, border))
 
 
-def dc_score(x_BLC: torch.Tensor) -> torch.Tensor:
-    """FastVAR's score: squared L2 distance of each token to the row's mean token, (B, L) fp32."""
+def dc_score(x_BLC: torch.Tensor, official: bool = False) -> torch.Tensor:
+    """FastVAR's score: squared L2 distance of each token to the row's mean token, (B, L) fp32.
+
+    official: sum the squares as the release does, rather than squaring a norm; the two differ in
+    the last bits, enough to swap the order of near-equal scores (not which tokens are kept).
+    """
     x = _rows_fp32(x_BLC)
-    return _sq_norm(x - x.mean(dim=1, keepdim=True))
+    d = x - x.mean(dim=1, keepdim=True)
+    return torch.sum(d ** 2, dim=-1) if official else _sq_norm(d)
 
 
 # --------------------------------------------------------------------------------------------
