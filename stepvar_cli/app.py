@@ -40,7 +40,7 @@ SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
 CfgOpt = Annotated[Optional[str], typer.Option(help="CFG scale, or one per scale as a comma list. 1 disables CFG. [default: the model preset's, else 3]")]
 TauOpt = Annotated[Optional[str], typer.Option(help="Sampling temperature, or one per scale as a comma list. [default: the model preset's, else 0.5]")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Top-p on each bit. [default: the model preset's, else 0.97]")]
-MethodOpt = Annotated[str, typer.Option(help="Pruning method (see `stepvar methods`).")]
+MethodOpt = Annotated[Optional[str], typer.Option(help="Pruning method (see `stepvar methods`); default: dense, or the recommended preset when --keep, --keep-per-scale or --first-scale is given.")]
 KeepOpt = Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales, in (0, 1]; default: the method preset's.")]
 KeepTableOpt = Annotated[Optional[str], typer.Option("--keep-per-scale", help="Per-scale keep ratios, e.g. 9:0.6,10:0.5.")]
 FirstScaleOpt = Annotated[Optional[int], typer.Option("--first-scale", help="Prune this scale index and all later ones.")]
@@ -75,13 +75,14 @@ def main_callback(
     """stepvar: generate, compare and benchmark pruned next-scale generation."""
 
 
-def _pruner(method: str, keep: float | None, keep_table: str | None, first_scale: int | None):
+def _pruner(method: str | None, keep: float | None, keep_table: str | None, first_scale: int | None):
     from stepvar.options import parse_keep_table
-    from stepvar.pruning.registry import make_pruner
+    from stepvar.pruning.registry import choose_method, make_pruner
 
     table = parse_keep_table(keep_table)
     if table is not None and keep is not None:
         raise StepvarError("give either --keep or --keep-per-scale, not both")
+    method = choose_method(method, keep is not None or table is not None or first_scale is not None)
     overrides = {}
     if table is not None:
         overrides["scales"] = sorted(table)
@@ -108,7 +109,7 @@ def generate(
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
-    method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
+    method: MethodOpt = None, keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
     """Generate one image."""
@@ -133,7 +134,7 @@ def generate(
             err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result")
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} scales"),
                       TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
-            task = bar.add_task(f"{method} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
+            task = bar.add_task(f"{pruner.name} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
             result = pipe.generate([prompt], schedule, pruner, sampling, on_scale=lambda si, n: bar.update(task, completed=si + 1))
         record = result.record | {"output": str(out_path), "tokens_per_layer": result.sample.counter.total() // max(1, len(pipe.model.blocks))}
         save_image(out_path, result.images[0], {"prompt": prompt, "seed": str(seed), "record": record})
@@ -142,7 +143,7 @@ def generate(
             print(json.dumps(record | {"sidecar": str(sidecar)}, default=str))
         else:
             t = result.timings
-            out.print(f"wrote [bold]{out_path}[/] ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {method}, seed {seed}) "
+            out.print(f"wrote [bold]{out_path}[/] ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {pruner.name}, seed {seed}) "
                       f"in {t['total_s']:.2f}s (transformer {t['transformer_s']:.2f}s, decode {t['decode_s']:.2f}s); settings in {sidecar}")
 
     run_guarded(body)
@@ -214,16 +215,16 @@ def models(as_json: JsonOpt = False) -> None:
 @app.command()
 def methods(as_json: JsonOpt = False) -> None:
     """List the pruning methods (YAML presets in presets/methods)."""
-    from stepvar.pruning.registry import describe_methods
+    from stepvar.pruning.registry import RECOMMENDED_METHOD, describe_methods
 
     def body():
         rows = describe_methods()
         if as_json:
-            print(json.dumps([{"name": n, "description": d} for n, d in rows]))
+            print(json.dumps([{"name": n, "description": d, "recommended": n == RECOMMENDED_METHOD} for n, d in rows]))
             return
         table = Table("method", "description")
         for n, d in rows:
-            table.add_row(n, d)
+            table.add_row(n + (" (recommended)" if n == RECOMMENDED_METHOD else ""), d)
         out.print(table)
 
     run_guarded(body)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..schedules import ScaleSchedule
 from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch, run_dense_stack
 from .plan import ResolvedPlan, dense_layer_split, resolve_keep, resolve_scales
 from .propagation import scatter_kept
+from .restoration import area_resize
 from .scores import dc_score, keep_count, select_topk
 
 # The Infinity-2B release: prune ratios keyed by grid width, and the widths it skips.
@@ -131,10 +131,7 @@ class FastVAR(Pruner):
         # The sampler may have dropped the unconditional rows since the cache scale; the
         # conditional rows come first, so the first rows of the cache are the live ones.
         y = self.branch_cache[(layer, name)][: run.x_BLC.shape[0]]
-        ch, cw = self.cache_grid
-        h, w = run.grid
-        y_BChw = y.transpose(1, 2).unflatten(2, (ch, cw))
-        return F.interpolate(y_BChw, size=(h, w), mode="area").flatten(2).transpose(1, 2)
+        return area_resize(y, self.cache_grid, run.grid)
 
     def _run_pruned(self, run: ScaleRun, k: int) -> torch.Tensor:
         cos, sin = run.rope(run.pos_L2)

@@ -16,6 +16,9 @@ from .fastvar import FastVAR, FastVARConfig
 from .stepvar import StepVAR, StepVARConfig
 
 ENGINES = {"stepvar": (StepVAR, StepVARConfig), "fastvar": (FastVAR, FastVARConfig)}
+# The pruning preset a command uses when it is asked to prune without naming a method
+# (chosen by measurement: docs/pruning.md).
+RECOMMENDED_METHOD = "stepvar-plus"
 
 
 def list_methods() -> list[str]:
@@ -47,6 +50,20 @@ def make_pruner(name: str, keep: float | list | dict | None = None, **overrides)
     if unknown:
         raise ConfigError(f"method {name!r}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     return cls(cfg_cls(**data), name=name)
+
+
+def choose_method(method: str | None, prunes: bool) -> str:
+    """The method a command runs: the one named; unnamed, the recommended preset if pruning options were given, else dense.
+
+    prunes: a keep ratio, per-scale table or first pruned scale was given. Naming a method
+    that does not prune together with them is a contradiction, refused rather than ignored.
+    """
+    if method is None:
+        return RECOMMENDED_METHOD if prunes else "dense"
+    if prunes and method_preset(method).get("method", method) == "dense":
+        raise ConfigError(f"method {method!r} does not prune, so --keep/--keep-per-scale/--first-scale make no sense with it; "
+                          f"leave out --method to prune with the recommended {RECOMMENDED_METHOD}")
+    return method
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict]:

@@ -15,6 +15,7 @@ from ..schedules import ScaleSchedule
 from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch, run_dense_stack
 from .plan import ResolvedPlan, dense_layer_split, resolve_keep, resolve_scales
 from .propagation import nearest_kept, propagate
+from .restoration import Restoration, fill_pruned_kv, pruned_positions, run_dense_recording
 from .scores import dc_score, joint_score, keep_count, normalize_score, select_topk, structure_score, texture_score
 
 SCORES = ("joint", "texture", "structure", "random", "dc")
@@ -48,6 +49,13 @@ class StepVARConfig:
     order: str = "spatial"  # O13: kept-token order, spatial | score
     metric: str = "euclidean"  # O8: euclidean | chebyshev | manhattan (ties -> lowest row-major index)
     seed: int = 0  # for score = random
+    # How pruned positions get their update, with propagate "residual" and selection "scale"
+    # (restoration.py): nearest | cached | cached_nearest | idw | cached_idw.
+    restore: str = "nearest"
+    neighbours: int = 4  # idw rules: kept neighbours mixed
+    idw_power: float = 2.0  # idw rules: weight = distance ** -idw_power
+    cache_from: str = "previous"  # cached rules: previous (every scale's update) | dense (the last unpruned scale's)
+    kv: str = "kept"  # kept | restored: pruned positions also enter the KV cache, in their restored state
 
     def check(self) -> None:
         for name, value, allowed in (("score", self.score, SCORES), ("selection", self.selection, SELECTIONS),
@@ -56,6 +64,8 @@ class StepVARConfig:
                 raise ConfigError(f"stepvar {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.power_iters < 1:
             raise ConfigError(f"power_iters must be >= 1, got {self.power_iters}")
+        if (self.restore != "nearest" or self.kv != "kept") and (self.selection != "scale" or self.propagate != "residual"):
+            raise ConfigError("restore and kv options other than nearest/kept need selection scale and propagate residual")
 
 
 class StepVAR(Pruner):
@@ -64,6 +74,8 @@ class StepVAR(Pruner):
     def __init__(self, cfg: StepVARConfig | None = None, name: str | None = None):
         self.cfg = cfg or StepVARConfig()
         self.cfg.check()
+        c = self.cfg
+        self.restoration = Restoration(c.restore, c.neighbours, c.idw_power, c.cache_from, c.kv, c.metric)
         if name:
             self.name = name
         self.plan: ResolvedPlan | None = None
@@ -73,6 +85,7 @@ class StepVAR(Pruner):
         scales = resolve_scales(self.cfg.scales, self.cfg.first_scale, schedule)
         keep = resolve_keep(self.cfg.keep, scales)
         first, end = dense_layer_split(depth, self.cfg.dense_prefix, self.cfg.dense_suffix)
+        self.restoration.check_plan(sorted(keep))
         return ResolvedPlan(keep, first, end)
 
     def validate(self, schedule: ScaleSchedule, depth: int) -> None:
@@ -81,6 +94,7 @@ class StepVAR(Pruner):
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
         self.plan = self.resolve(schedule, depth)
         self._rng = torch.Generator().manual_seed(self.cfg.seed)
+        self.restoration.begin()
 
     def pruned_scales(self, schedule: ScaleSchedule) -> list[int]:
         return sorted(self.resolve(schedule, 10**6).keep)
@@ -117,6 +131,10 @@ class StepVAR(Pruner):
         plan = self.plan
         L = run.scale.n
         if not plan.prunes(run.si) or self.keep_tokens(run.si, L) >= L:
+            if self.restoration.wants_record(pruned=False):  # the same dense calls, keeping the update map
+                x, maps = run_dense_recording(run, plan.first_layer, plan.end_layer, self.restoration.fills_kv)
+                self.restoration.record(run.grid, maps)
+                return x
             return run_dense_stack(run)  # nothing to prune: exactly the dense computation
         if self.cfg.selection == "scale":
             return self._run_once_per_scale(run)
@@ -133,13 +151,22 @@ class StepVAR(Pruner):
         idx_Bl = self.select(x, h, w, self.keep_tokens(run.si, run.scale.n), run.cfg_pairs)
         x_BlC = start_BlC = gather_rows(x, idx_Bl)
         cos_k, sin_k = run.rope(run.pos_L2[idx_Bl])  # kept tokens keep their own RoPE positions
+        rest = self.restoration
+        restorer = rest.for_scale(idx_Bl, h, w) if self.cfg.propagate == "residual" else None
+        pruned_Bp = pruned_positions(idx_Bl, run.scale.n) if rest.fills_kv else None
+        maps = []
         for layer in range(self.plan.first_layer, self.plan.end_layer):
+            if rest.fills_kv:
+                maps.append(restorer.update(x_BlC - start_BlC, layer - self.plan.first_layer))
+                fill_pruned_kv(run, layer, x, maps[-1], pruned_Bp)
             x_BlC = run_block_dense(run, layer, x_BlC, cos_k, sin_k)
-        nn_BL = nearest_kept(idx_Bl, h, w, metric=self.cfg.metric)
-        if self.cfg.propagate == "residual":
-            x = x + propagate(x_BlC - start_BlC, nn_BL)
+        if restorer is not None:
+            maps.append(restorer.update(x_BlC - start_BlC))
+            x = x + maps[-1]
+            if rest.wants_record(pruned=True):
+                rest.record(run.grid, maps)
         else:
-            x = propagate(x_BlC, nn_BL)
+            x = propagate(x_BlC, nearest_kept(idx_Bl, h, w, metric=self.cfg.metric))
         for layer in range(self.plan.end_layer, depth):
             x = run_block_dense(run, layer, x, cos, sin)
         return x
