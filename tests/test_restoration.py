@@ -228,3 +228,28 @@ def test_rules_change_the_output_and_kv_fill_completes_the_cache(tiny_pipe, dens
 def test_bad_restoration_settings_are_config_errors(tiny_pipe, bad):
     with pytest.raises(ConfigError):
         make_pruner("stepvar", keep=0.5, **bad).validate(tiny_pipe.schedule("0.06M"), len(tiny_pipe.model.blocks))
+
+
+def test_kv_fill_flops_are_counted_planned_and_match_torch(tiny_pipe):
+    """Filled keys/values cost 2nC*2C each and lengthen the attention: planned == counted, and the extra
+    FLOPs over plain StepVAR equal torch's (whose totals also hold the selection score's matmuls)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stepvar.flops import plan_flops, result_flops, rows_per_scale
+
+    sched, prompts = tiny_pipe.schedule("0.06M"), ["a red circle"]
+    sampling = SamplingConfig(seed=0)
+    text_len = tiny_pipe.text_encoder.encode(prompts, tiny_pipe.device)[0].shape[1]
+    cfg_scales = sampling.per_scale("cfg", len(sched))
+    ours, torch_total = {}, {}
+    for kv in ("kept", "restored"):
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            result = tiny_pipe.generate(prompts, sched, make_pruner("stepvar", keep=0.4, kv=kv), sampling, decode=False)
+        torch_total[kv] = counter.get_total_flops()
+        ours[kv] = result_flops(tiny_pipe.model.cfg, result.sample, sched, cfg_scales, 1, text_len)
+        planned = plan_flops(tiny_pipe.model.cfg, sched, make_pruner("stepvar", keep=0.4, kv=kv),
+                             rows_per_scale(cfg_scales, 1), text_len, 1)
+        assert planned == ours[kv]
+    assert ours["restored"].total - ours["kept"].total == torch_total["restored"] - torch_total["kept"] > 0
+    assert ours["restored"].by_part["ffn"] == ours["kept"].by_part["ffn"]
