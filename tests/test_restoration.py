@@ -253,3 +253,12 @@ def test_kv_fill_flops_are_counted_planned_and_match_torch(tiny_pipe):
         assert planned == ours[kv]
     assert ours["restored"].total - ours["kept"].total == torch_total["restored"] - torch_total["kept"] > 0
     assert ours["restored"].by_part["ffn"] == ours["kept"].by_part["ffn"]
+
+
+def test_a_scale_choice_given_replaces_the_presets(tiny_pipe):
+    sched = tiny_pipe.schedule("0.25M")  # 10 scales
+    assert make_pruner("stepvar-plus").pruned_scales(sched) == [8, 9]
+    assert make_pruner("stepvar-plus", first_scale=6).pruned_scales(sched) == [6, 7, 8, 9]
+    assert make_pruner("stepvar-plus", scales=[-1]).pruned_scales(sched) == [9]
+    with pytest.raises(ConfigError):
+        make_pruner("stepvar-plus", scales=[9], first_scale=6).pruned_scales(sched)

@@ -44,7 +44,13 @@ def make_pruner(name: str, keep: float | list | dict | None = None, **overrides)
     cls, cfg_cls = ENGINES[engine]
     if keep is not None:
         data["keep"] = keep
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The preset's choice of scales is one setting in two spellings: naming either replaces it.
+    if "first_scale" in given and "scales" not in given:
+        data.pop("scales", None)
+    if "scales" in given and "first_scale" not in given:
+        data.pop("first_scale", None)
+    data.update(given)
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
