@@ -236,7 +236,7 @@ def test_kv_fill_flops_are_counted_planned_and_match_torch(tiny_pipe):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stepvar.flops import plan_flops, result_flops, rows_per_scale
+    from stepvar.eval.flops import plan_flops, result_flops, rows_per_scale
 
     sched, prompts = tiny_pipe.schedule("0.06M"), ["a red circle"]
     sampling = SamplingConfig(seed=0)
@@ -262,3 +262,13 @@ def test_a_scale_choice_given_replaces_the_presets(tiny_pipe):
     assert make_pruner("stepvar-plus", scales=[-1]).pruned_scales(sched) == [9]
     with pytest.raises(ConfigError):
         make_pruner("stepvar-plus", scales=[9], first_scale=6).pruned_scales(sched)
+
+
+@pytest.mark.parametrize("rule", ["nearest", "cached_idw"])
+def test_kv_fill_tokens_equal_the_plan(tiny_pipe, rule):
+    sched = tiny_pipe.schedule("0.06M")
+    pruner = make_pruner("stepvar", keep=0.4, restore=rule, kv="restored", dense_prefix=1)
+    r = tiny_pipe.generate("a red circle", sched, pruner, SamplingConfig(seed=1))
+    plan = pruner.plan(sched, len(tiny_pipe.model.blocks))
+    assert dict(r.sample.counter.counts) == plan.counts()
+    assert any(branch == "kv" for (_si, _layer, branch) in plan.counts())
