@@ -19,7 +19,7 @@ def eval_cmd(
     samples: Annotated[int, typer.Option(help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Another export of the model (`stepvar train export`), e.g. a continued run.")] = None,
-    method: Annotated[str, typer.Option(help="Pruning method.")] = "dense",
+    method: Annotated[Optional[str], typer.Option(help="Pruning method; default: dense, or the recommended preset with --keep.")] = None,
     keep: Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales.")] = None,
     seed: Annotated[int, typer.Option(help="First sampler seed.")] = 0,
     cfg: Annotated[Optional[str], typer.Option(help="CFG scale or per-scale list. [default: the model preset's]")] = None,

@@ -22,7 +22,7 @@ def generate(
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
-    method: MethodOpt = "dense", keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
+    method: MethodOpt = None, keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", numerics: NumericsOpt = "exact", as_json: JsonOpt = False,
     model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
 ) -> None:
@@ -53,7 +53,7 @@ def generate(
             err.print(note(f"model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result"))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} scales"),
                       TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
-            task = bar.add_task(f"{method} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
+            task = bar.add_task(f"{pruner.name} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=len(schedule))
             result = pipe.generate([prompt], schedule, pruner, sampling, on_scale=lambda si, n: bar.update(task, completed=si + 1))
         record = result.record | {"output": str(out_path), "tokens_per_layer": result.sample.counter.total() // max(1, len(pipe.model.blocks))}
         _, sidecar = save_image_with_sidecar(out_path, result.images[0], {"prompt": prompt, "seed": str(seed), "record": record}, record)

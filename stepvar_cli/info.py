@@ -77,16 +77,16 @@ def models(as_json: JsonOpt = False) -> None:
 
 def methods(as_json: JsonOpt = False) -> None:
     """List the pruning methods: the registered methods and their presets (presets/methods)."""
-    from stepvar.pruning.registry import describe_methods
+    from stepvar.pruning.registry import RECOMMENDED_METHOD, describe_methods
 
     def body():
         rows = describe_methods()
         if as_json:
-            print(json.dumps([{"name": n, "description": d} for n, d in rows]))
+            print(json.dumps([{"name": n, "description": d, "recommended": n == RECOMMENDED_METHOD} for n, d in rows]))
             return
         table = Table("method", "description")
         for n, d in rows:
-            table.add_row(plain(n), plain(d))
+            table.add_row(plain(n + (" (recommended)" if n == RECOMMENDED_METHOD else "")), plain(d))
         out.print(table)
 
     run_guarded(body)

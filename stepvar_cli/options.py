@@ -23,7 +23,7 @@ SeedOpt = Annotated[int, typer.Option(help="Sampler seed.")]
 CfgOpt = Annotated[Optional[str], typer.Option(help="CFG scale, or one per scale as a comma list. 1 disables CFG. [default: the model preset's, else 3]")]
 TauOpt = Annotated[Optional[str], typer.Option(help="Sampling temperature, or one per scale as a comma list. [default: the model preset's, else 0.5]")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Top-p on each bit. [default: the model preset's, else 0.97]")]
-MethodOpt = Annotated[str, typer.Option(help="Pruning method (see `stepvar methods`).")]
+MethodOpt = Annotated[Optional[str], typer.Option(help="Pruning method (see `stepvar methods`); default: dense, or the recommended preset when --keep, --keep-per-scale or --first-scale is given.")]
 KeepOpt = Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales, in (0, 1]; default: the method preset's.")]
 KeepTableOpt = Annotated[Optional[str], typer.Option("--keep-per-scale", help="Per-scale keep ratios, e.g. 9:0.6,10:0.5.")]
 FirstScaleOpt = Annotated[Optional[int], typer.Option("--first-scale", help="Prune this scale index and all later ones.")]
@@ -53,7 +53,7 @@ WarmupOpt = Annotated[Optional[int], typer.Option(help="Linear warm-up updates (
 DecayOpt = Annotated[Optional[int], typer.Option("--decay-steps", help="Cosine horizon; default --steps, so the LR reaches its floor at the end.")]
 
 
-def make_method(method: str, keep: float | None, keep_per_scale: str | None, first_scale: int | None,
+def make_method(method: str | None, keep: float | None, keep_per_scale: str | None, first_scale: int | None,
                 method_file: Path | None = None):
     """The pruner the method options describe (the library maps them; this only parses the table).
     A --method-file preset replaces --method."""

@@ -112,3 +112,24 @@ def test_outputs_honour_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+
+
+def test_keep_alone_prunes_with_the_recommended_preset(tmp_path):
+    from stepvar.pruning.registry import RECOMMENDED_METHOD
+
+    out = tmp_path / "img.png"
+    r = run("generate", "-p", "x", "-m", "tiny", "-o", out, "--keep", "0.4", "--json")
+    assert r.exit_code == 0, r.output
+    pruning = json.loads((tmp_path / "img.json").read_text())["pruning"]
+    assert pruning["method"] == RECOMMENDED_METHOD != "dense" and pruning["keep"] == 0.4
+    r = run("methods", "--json")
+    assert [m["name"] for m in json.loads(r.stdout) if m["recommended"]] == [RECOMMENDED_METHOD]
+
+
+@pytest.mark.parametrize("extra", [["--keep", "0.4"], ["--keep-per-scale", "5:0.5"], ["--first-scale", "5"]])
+def test_dense_with_pruning_options_is_refused(tmp_path, extra):
+    r = run("generate", "-p", "x", "-m", "tiny", "-o", tmp_path / "o.png", "--method", "dense", *extra)
+    assert r.exit_code == 2, r.output
+    lines = [l for l in r.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "dense" in lines[0], r.output
+    assert list(tmp_path.iterdir()) == []

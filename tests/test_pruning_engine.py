@@ -9,7 +9,7 @@ from stepvar.pruning.registry import list_methods, make_pruner
 from stepvar.sampling import SamplingConfig
 from stepvar.schedules import get_schedule
 
-KEEP_METHODS = ["stepvar", "fastvar", "random", "texture-only", "structure-only"]
+KEEP_METHODS = ["stepvar", "stepvar-plus", "fastvar", "random", "texture-only", "structure-only"]
 
 
 @pytest.fixture(scope="module")

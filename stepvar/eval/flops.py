@@ -10,7 +10,8 @@ pruning can buy, and the measured speedup can be read against it.
 Per scale si and layer l, with n tokens per row in a branch (from the TokenCounter, or
 from a method's PruningPlan) and R model rows (2x prompts with CFG):
     SA   qkv 2nC*3C + scores and weighted sum 2*2*n*S*C + out proj 2nC^2, where S is the
-         KV length: this layer's SA tokens at every earlier scale plus this scale's
+         KV length: this layer's SA tokens at every earlier scale plus this scale's; positions
+         that only enter the cache (StepVAR's kv: restored) add 2nC*2C and count in S
     CA   q 2nC^2 + attention over T text tokens 2*2*n*T*C + out proj 2nC^2
     FFN  2*2*n*C*F (fc1 + fc2, F = ffn_hidden)
     head every position of a scale that runs: 2*L*C*2d, plus the head AdaLN 2*D*2C per row
@@ -83,8 +84,10 @@ def count_flops(cfg: InfinityConfig, counts: Mapping[tuple[int, int, str], int],
         if si not in skipped:
             for layer in range(cfg.depth):
                 n_sa = counts.get((si, layer, "sa"), 0)
-                kv_len[layer] += n_sa
-                here["sa"] += R * (2 * n_sa * C * 3 * C + 4 * n_sa * kv_len[layer] * C + 2 * n_sa * C * C)
+                n_kv = counts.get((si, layer, "kv"), 0)  # positions that only add keys/values (kv: restored)
+                kv_len[layer] += n_sa + n_kv
+                here["sa"] += R * (2 * n_sa * C * 3 * C + 4 * n_sa * kv_len[layer] * C + 2 * n_sa * C * C
+                                   + 2 * n_kv * C * 2 * C)
                 n_ca = counts.get((si, layer, "ca"), 0)
                 here["ca"] += R * (4 * n_ca * C * C + 4 * n_ca * T * C)
                 here["ffn"] += R * 4 * counts.get((si, layer, "ffn"), 0) * C * F

@@ -140,6 +140,15 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
+    def kv(self, x_BlC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Keys (qk-norm, RoPE) and values only, each (B, H, l, hd): for tokens that are attended to but not updated."""
+        width = self.heads * self.head_dim
+        bias = torch.cat((self.zero_k_bias, self.v_bias))
+        kv = F.linear(x_BlC, self.mat_qkv.weight[width:], bias.to(x_BlC.dtype))
+        k, v = kv.unflatten(-1, (2, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        k = F.normalize(k.float(), dim=-1, eps=1e-12)
+        return apply_rope(k, cos, sin), v
+
     def forward(self, x_BlC, cos, sin, cache: KVCache | None = None, attn_mask=None) -> torch.Tensor:
         q, k, v = self.qkv(x_BlC, cos, sin)
         if cache is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..schedules import ScaleSchedule
@@ -19,6 +18,7 @@ from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_branch_counted, r
 from .plan import (RELEASE_LAYERS, RELEASE_PRUNE_BY_WIDTH, PruningPlan, dense_layer_split, release_layers,
                    release_scales, resolve_keep, resolve_scales)
 from .propagation import scatter_kept
+from .restoration import area_resize
 from .scores import ROUNDINGS, dc_score, keep_count, select_topk
 
 RULES = ("release", "position")
@@ -134,10 +134,7 @@ class FastVAR(Pruner):
         # The sampler may have dropped the unconditional rows since the cache scale; the
         # conditional rows come first, so the first rows of the cache are the live ones.
         y = self.branch_cache[(layer, name)][: run.x_BLC.shape[0]]
-        ch, cw = self.cache_grid
-        h, w = run.grid
-        y_BChw = y.transpose(1, 2).unflatten(2, (ch, cw))
-        return F.interpolate(y_BChw, size=(h, w), mode="area").flatten(2).transpose(1, 2)
+        return area_resize(y, self.cache_grid, run.grid)
 
     def _run_pruned(self, run: ScaleRun, k: int) -> torch.Tensor:
         official = getattr(run.model, "numerics", "exact") == "official"

@@ -35,6 +35,8 @@ class PruningPlan:
     kept:      pruned scale -> tokens kept per row in every branch of the pruned layers
     layers:    (first, end): the layers [first, end) run pruned at a pruned scale, the rest dense
     skipped:   scales that run no blocks and no head at all
+    kv_filled: pruned scale -> positions per row that, in every pruned layer, only add their keys and
+               values to the self-attention cache (StepVAR's kv: restored); counted as branch "kv"
     extra:     method-specific resolved settings worth recording (e.g. FastVAR's cache scale)
     """
 
@@ -45,6 +47,7 @@ class PruningPlan:
     layers: tuple[int, int] = (0, 0)
     skipped: frozenset[int] = frozenset()
     extra: dict = field(default_factory=dict)
+    kv_filled: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def dense(cls, schedule: ScaleSchedule, depth: int) -> "PruningPlan":
@@ -71,8 +74,12 @@ class PruningPlan:
 
     def counts(self) -> dict[tuple[int, int, str], int]:
         """{(scale, layer, branch): tokens per row} for every scale that runs, as a TokenCounter would record."""
-        return {(si, layer, b): self.tokens(si, layer, b) for si in range(len(self.scale_tokens))
-                if si not in self.skipped for layer in range(self.depth) for b in BRANCHES}
+        out = {(si, layer, b): self.tokens(si, layer, b) for si in range(len(self.scale_tokens))
+               if si not in self.skipped for layer in range(self.depth) for b in BRANCHES}
+        for si, n in self.kv_filled.items():
+            if self.prunes(si) and n:
+                out.update({(si, layer, "kv"): n for layer in range(*self.layers)})
+        return out
 
     def to_dict(self) -> dict:
         out = {"keep": self.keep, "kept_tokens": self.kept, "skip": sorted(self.skipped),

@@ -38,6 +38,9 @@ def register_method(cls: type[Pruner], name: str | None = None) -> type[Pruner]:
 
 for _cls in (Dense, StepVAR, FastVAR):
     register_method(_cls)
+# The pruning preset a command uses when it is asked to prune without naming a method
+# (chosen by measurement: docs/pruning.md).
+RECOMMENDED_METHOD = "stepvar-plus"
 
 
 def list_methods() -> list[str]:
@@ -87,7 +90,13 @@ def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict
         return cls(name=name)  # a method without settings (dense) runs the same whatever keep or scales say
     if keep is not None:
         data["keep"] = keep
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # The preset's choice of scales is one setting in two spellings: naming either replaces it.
+    if "first_scale" in given and "scales" not in given:
+        data.pop("scales", None)
+    if "scales" in given and "first_scale" not in given:
+        data.pop("first_scale", None)
+    data.update(given)
     unknown = sorted(set(data) - fields)
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
@@ -144,19 +153,35 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def pruner_from_settings(method: str, keep: float | None = None, keep_per_scale: dict[int, float] | None = None,
+def pruner_from_settings(method: str | None, keep: float | None = None, keep_per_scale: dict[int, float] | None = None,
                          first_scale: int | None = None, preset: dict | None = None) -> Pruner:
     """A method with one keep ratio, or a keep ratio per scale index (which then are the pruned
-    scales), optionally pruning every scale from first_scale on. `preset`: the settings of a method
-    preset file, which then defines the method named `method`."""
+    scales), optionally pruning every scale from first_scale on. method None: see choose_method.
+    `preset`: the settings of a method preset file, which then defines the method named `method`."""
     if keep_per_scale is not None and keep is not None:
         raise ConfigError("give either keep or keep_per_scale, not both")
+    method = choose_method(method, keep is not None or keep_per_scale is not None or first_scale is not None, preset)
     overrides = {}
     if keep_per_scale is not None:
         overrides["scales"] = sorted(keep_per_scale)
     if first_scale is not None:
         overrides["first_scale"] = first_scale
     return make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, preset=preset, **overrides)
+
+
+def choose_method(method: str | None, prunes: bool, preset: dict | None = None) -> str:
+    """The method a command runs: the one named; unnamed, the recommended preset if pruning options were given, else dense.
+
+    prunes: a keep ratio, per-scale table or first pruned scale was given. Naming a method
+    that does not prune together with them is a contradiction, refused rather than ignored.
+    """
+    if method is None:
+        return RECOMMENDED_METHOD if prunes else "dense"
+    settings = preset if preset is not None else method_preset(method)
+    if prunes and settings.get("method", method) == "dense":
+        raise ConfigError(f"method {method!r} does not prune, so keep, keep_per_scale and first_scale make no sense with it; "
+                          f"leave the method unnamed to prune with the recommended {RECOMMENDED_METHOD}")
+    return method
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict]:

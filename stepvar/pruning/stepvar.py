@@ -16,6 +16,7 @@ from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_
     run_layers
 from .plan import PruningPlan, dense_layer_split, resolve_keep, resolve_scales
 from .propagation import METRICS, nearest_kept, propagate
+from .restoration import Restoration, fill_pruned_kv, pruned_positions, run_dense_recording
 from .scores import BORDERS, INITS, NORMS, ORDERS, ROUNDINGS, dc_score, joint_score, keep_count, normalize_score, \
     select_topk, structure_score, texture_score
 
@@ -50,6 +51,13 @@ class StepVARConfig:
     order: str = "spatial"  # kept-token order, spatial | score
     metric: str = "euclidean"  # nearest-neighbour distance: euclidean | chebyshev | manhattan (ties -> lowest row-major index)
     seed: int = 0  # for score = random
+    # How pruned positions get their update, with propagate "residual" and selection "scale"
+    # (restoration.py): nearest | cached | cached_nearest | idw | cached_idw.
+    restore: str = "nearest"
+    neighbours: int = 4  # idw rules: kept neighbours mixed
+    idw_power: float = 2.0  # idw rules: weight = distance ** -idw_power
+    cache_from: str = "previous"  # cached rules: previous (every scale's update) | dense (the last unpruned scale's)
+    kv: str = "kept"  # kept | restored: pruned positions also enter the KV cache, in their restored state
 
     def check(self) -> None:
         for name, value, allowed in (("score", self.score, SCORES), ("selection", self.selection, SELECTIONS),
@@ -61,6 +69,8 @@ class StepVARConfig:
                 raise ConfigError(f"stepvar {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.power_iters < 1:
             raise ConfigError(f"power_iters must be >= 1, got {self.power_iters}")
+        if (self.restore != "nearest" or self.kv != "kept") and (self.selection != "scale" or self.propagate != "residual"):
+            raise ConfigError("restore and kv options other than nearest/kept need selection scale and propagate residual")
 
 
 class StepVAR(Pruner):
@@ -70,19 +80,24 @@ class StepVAR(Pruner):
     def __init__(self, config: StepVARConfig | None = None, name: str | None = None):
         super().__init__(config, name)
         self.config.check()
+        c = self.config
+        self.restoration = Restoration(c.restore, c.neighbours, c.idw_power, c.cache_from, c.kv, c.metric)
 
     # ---- planning --------------------------------------------------------------------
     def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
         c = self.config
         scales = resolve_scales(c.scales, c.first_scale, schedule)
         keep = resolve_keep(c.keep, scales)
+        self.restoration.check_plan(sorted(keep))
         kept = {si: keep_count(schedule.scales[si].n, k, rounding=c.rounding) for si, k in keep.items()}
         layers = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
-        return PruningPlan(tuple(s.n for s in schedule.scales), depth, keep, kept, layers)
+        filled = {si: schedule.scales[si].n - k for si, k in kept.items()} if self.restoration.fills_kv else {}
+        return PruningPlan(tuple(s.n for s in schedule.scales), depth, keep, kept, layers, kv_filled=filled)
 
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
         super().begin(schedule, depth)
         self._rng = torch.Generator().manual_seed(self.config.seed)
+        self.restoration.begin()
 
     # ---- selection -------------------------------------------------------------------
     def score(self, x_BLC: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -110,7 +125,12 @@ class StepVAR(Pruner):
 
     # ---- execution -------------------------------------------------------------------
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
-        if not self.active_plan.prunes(run.si):
+        plan = self.active_plan
+        if not plan.prunes(run.si):
+            if self.restoration.wants_record(pruned=False):  # the same dense calls, keeping the update map
+                x, maps = run_dense_recording(run, *plan.layers, self.restoration.fills_kv)
+                self.restoration.record(run.grid, maps)
+                return x
             return run_dense_stack(run)  # nothing to prune: exactly the dense computation
         if self.config.selection == "scale":
             return self._run_once_per_scale(run)
@@ -127,13 +147,22 @@ class StepVAR(Pruner):
         idx_Bl = self.select(x, h, w, self.active_plan.kept[run.si], run.cfg_pairs)
         x_BlC = start_BlC = gather_rows(x, idx_Bl)
         cos_k, sin_k = run.rope(run.pos_L2[idx_Bl])  # kept tokens keep their own RoPE positions
+        rest = self.restoration
+        restorer = rest.for_scale(idx_Bl, h, w) if self.config.propagate == "residual" else None
+        pruned_Bp = pruned_positions(idx_Bl, run.scale.n) if rest.fills_kv else None
+        maps = []
         for layer in range(first, end):
+            if rest.fills_kv:
+                maps.append(restorer.update(x_BlC - start_BlC, layer - first))
+                fill_pruned_kv(run, layer, x, maps[-1], pruned_Bp)
             x_BlC = run_block_dense(run, layer, x_BlC, cos_k, sin_k)
-        nn_BL = nearest_kept(idx_Bl, h, w, metric=self.config.metric)
-        if self.config.propagate == "residual":
-            x = x + propagate(x_BlC - start_BlC, nn_BL)
+        if restorer is not None:
+            maps.append(restorer.update(x_BlC - start_BlC))
+            x = x + maps[-1]
+            if rest.wants_record(pruned=True):
+                rest.record(run.grid, maps)
         else:
-            x = propagate(x_BlC, nn_BL)
+            x = propagate(x_BlC, nearest_kept(idx_Bl, h, w, metric=self.config.metric))
         for layer in range(end, len(run.model.blocks)):
             x = run_block_dense(run, layer, x, cos, sin)
         return x
