@@ -268,6 +268,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--official", default="/work/scratch/hart", help="the exported official repository")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--case", action="append", choices=sorted(CASES), help="run only these configurations")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not (Path(args.official) / "hart" / "modules").is_dir():
@@ -278,6 +279,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(args.official).resolve()))
     results = {}
     for name, case in CASES.items():
+        if args.case and name not in args.case:
+            continue
         omodel, ovae, model, tok = _build(Path(args.official), case, args.seed)
         results[name] = {
             "forced_hard": compare_loop(omodel, model, tok, more_smooth=False, seed=args.seed),
