@@ -17,6 +17,7 @@ scale, V vocabulary, Cv latent channels, P the last grid side.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -59,6 +60,7 @@ class HartResult:
     logits: list[torch.Tensor] = field(default_factory=list)  # per scale, CFG-combined, if recorded
     hidden_last: torch.Tensor | None = None  # (B2, P*P, C): the last scale's hidden states
     residual: torch.Tensor | None = None  # (B, P*P, Cv): the diffusion head's output
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: transformer, diffusion, decode
 
 
 def mask_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -114,6 +116,7 @@ def generate(model: HartTransformer, tokenizer: HartTokenizer, text_BTD: torch.T
     codebook = tokenizer.codebook
 
     # 1. the prompt prefix
+    t0 = time.perf_counter()
     ctx: HartContext = model.prepare_context(text_BTD, mask_BT)
     caches: list[KVCache] = model.new_caches()
     x, pos = ctx.x_B2TC, None
@@ -154,6 +157,7 @@ def generate(model: HartTransformer, tokenizer: HartTokenizer, text_BTD: torch.T
     indices.append(idx)
     codes = _codes_for_next_input(logits, idx, ratio, cfg, codebook, gen)
     residual = None
+    t1 = time.perf_counter()
     if cfg.diffusion:
         z = model.diffusion_condition(h_last, idx, codebook)  # (B2, L, C)
         r = model.diffloss.sample(z.reshape(-1, z.shape[-1]), t, generator=diff_gen, noise=diffusion_noise,
@@ -163,6 +167,9 @@ def generate(model: HartTransformer, tokenizer: HartTokenizer, text_BTD: torch.T
     f_hat, _ = tokenizer.quantize.add_scale(f_hat, codes.transpose(1, 2).reshape(B, Cv, P, P), si, pns)
 
     # 4. decode
+    t2 = time.perf_counter()
     images = tokenizer.decode(f_hat).add(1).mul(0.5)
+    t3 = time.perf_counter()
     return HartResult(images=images, f_hat=f_hat, indices=indices, logits=logits_rec,
-                      hidden_last=h_last, residual=residual)
+                      hidden_last=h_last, residual=residual,
+                      timings={"transformer": t1 - t0, "diffusion": t2 - t1, "decode": t3 - t2})

@@ -1,0 +1,92 @@
+"""HART benchmarks: FLOP bounds per method (no weights needed) and measured same-run timings.
+
+Published speedups the figures are read against: StepVAR's paper reports 1.4x on HART, FastVAR
+1.5x (0.95 -> 0.63 s on its GPU); both are end-to-end latencies, not FLOP ratios.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .hart_flops import count_hart_flops, dense_counts, decoder_flops
+from .hart_pruning import HartRunner, simulated_counts
+from .hart_sampling import HartSamplingConfig, generate
+from .models.hart_presets import hart_preset
+from .pruning.registry import make_pruner_from_spec
+
+PUBLISHED = {"stepvar": "1.4x (StepVAR paper, HART, end-to-end)", "fastvar": "1.5x (FastVAR, HART, 0.95 -> 0.63 s)"}
+TRANSFORMER_PARTS = ("attn", "attn_scores", "ffn", "head", "embed", "context")
+
+
+@dataclass
+class HartFlopRow:
+    method: str
+    total: int  # one image with CFG: transformer, head, quantiser, diffusion head, decoder
+    transformer: int  # blocks, heads, embeddings
+    bound_total: float  # dense / method: the speedup FLOPs allow end to end
+    bound_transformer: float
+    published: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def flop_rows(preset: str, methods: list[str], keep: float | None) -> list[HartFlopRow]:
+    p = hart_preset(preset)
+    dec = decoder_flops(p.tokenizer, p.model.patch_nums[-1])
+    rows, base = [], None
+    for spec in ["dense"] + [m for m in methods if m != "dense"]:
+        pruner = make_pruner_from_spec(spec, keep=None if spec == "dense" else keep)
+        counts = dense_counts(p.model) if spec == "dense" else simulated_counts(pruner, p.model)
+        r = count_hart_flops(p.model, p.tokenizer, counts, decoder=dec)
+        tr = sum(r.by_part[k] for k in TRANSFORMER_PARTS)
+        base = base or (r.total, tr)
+        rows.append(HartFlopRow(spec, r.total, tr, base[0] / r.total, base[1] / tr,
+                                PUBLISHED.get(spec.split(":")[0].split("@")[0], "")))
+    return [r for r in rows if r.method in methods or r.method == "dense"]
+
+
+@dataclass
+class HartTimingRow:
+    method: str
+    seconds: list[float]  # one per repeat, end to end
+    transformer_s: list[float]  # the scale loop (blocks, heads, sampling)
+    token_passes: int  # per row, every layer and branch
+    speedup: float  # dense median / method median, end to end
+    speedup_transformer: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2]
+
+
+def measure(model, tokenizer, text, methods: list[str], keep: float | None, repeats: int,
+            sampling: HartSamplingConfig) -> list[HartTimingRow]:
+    """Interleaved runs (every method once per repeat), same prompt and seed for all."""
+    specs = ["dense"] + [m for m in methods if m != "dense"]
+    pruners = {s: make_pruner_from_spec(s, keep=None if s == "dense" else keep) for s in specs}
+    times = {s: [] for s in specs}
+    trans = {s: [] for s in specs}
+    passes = {}
+    for _ in range(repeats):
+        for s in specs:
+            runner = HartRunner(model, pruners[s])
+            t0 = time.perf_counter()
+            out = generate(model, tokenizer, text.features_BTD, text.mask_BT, sampling, runner=runner)
+            times[s].append(time.perf_counter() - t0)
+            trans[s].append(out.timings["transformer"])
+            passes[s] = runner.counter.total()
+    d, dt = _median(times["dense"]), _median(trans["dense"])
+    return [HartTimingRow(s, times[s], trans[s], passes[s], d / _median(times[s]), dt / _median(trans[s]))
+            for s in specs if s in methods or s == "dense"]
+
+
+def torch_threads() -> int:
+    return torch.get_num_threads()
