@@ -308,6 +308,8 @@ class HartTransformer(nn.Module):
         B, T, _ = text_BTD.shape
         if T != self.cfg.context_tokens:
             raise ConfigError(f"the text has {T} tokens; this model takes exactly {self.cfg.context_tokens}")
+        if text_BTD.shape[-1] != self.cfg.context_dim:
+            raise ConfigError(f"the text encoder gives {text_BTD.shape[-1]} channels; this model takes {self.cfg.context_dim}")
         both = torch.cat((text_BTD, torch.zeros_like(text_BTD)), dim=0)
         sos_B2TC = self.context_embed(self.context_norm(both))
         pos_cond = torch.cumsum(mask_BT.long(), dim=1) - 1
