@@ -15,7 +15,7 @@ from .hart_flops import count_hart_flops, dense_counts, decoder_flops
 from .hart_pruning import HartRunner, simulated_counts
 from .hart_sampling import HartSamplingConfig, generate
 from .models.hart_presets import hart_preset
-from .pruning.registry import make_pruner_from_spec
+from .bench import expand_configs
 
 PUBLISHED = {"stepvar": "1.4x (StepVAR paper, HART, end-to-end)", "fastvar": "1.5x (FastVAR, HART, 0.95 -> 0.63 s)"}
 TRANSFORMER_PARTS = ("attn", "attn_scores", "ffn", "head", "embed", "context")
@@ -34,19 +34,20 @@ class HartFlopRow:
         return asdict(self)
 
 
-def flop_rows(preset: str, methods: list[str], keep: float | None) -> list[HartFlopRow]:
+def flop_rows(preset: str, methods: list[str], keeps: list[float] | None) -> list[HartFlopRow]:
+    """One row per method x keep as `bench` expands them (--keep applies to methods whose preset
+    has a keep; fastvar keeps its release settings unless written fastvar@K); dense first."""
     p = hart_preset(preset)
     dec = decoder_flops(p.tokenizer, p.model.patch_nums[-1])
     rows, base = [], None
-    for spec in ["dense"] + [m for m in methods if m != "dense"]:
-        pruner = make_pruner_from_spec(spec, keep=None if spec == "dense" else keep)
-        counts = dense_counts(p.model) if spec == "dense" else simulated_counts(pruner, p.model)
+    for c in expand_configs(methods, keeps):
+        counts = simulated_counts(c.pruner(), p.model)
         r = count_hart_flops(p.model, p.tokenizer, counts, decoder=dec)
         tr = sum(r.by_part[k] for k in TRANSFORMER_PARTS)
         base = base or (r.total, tr)
-        rows.append(HartFlopRow(spec, r.total, tr, base[0] / r.total, base[1] / tr,
-                                PUBLISHED.get(spec.split(":")[0].split("@")[0], "")))
-    return [r for r in rows if r.method in methods or r.method == "dense"]
+        rows.append(HartFlopRow(c.label, r.total, tr, base[0] / r.total, base[1] / tr,
+                                PUBLISHED.get(c.spec.split(":")[0], "")))
+    return rows
 
 
 @dataclass
@@ -67,11 +68,12 @@ def _median(xs: list[float]) -> float:
     return s[len(s) // 2]
 
 
-def measure(model, tokenizer, text, methods: list[str], keep: float | None, repeats: int,
+def measure(model, tokenizer, text, methods: list[str], keeps: list[float] | None, repeats: int,
             sampling: HartSamplingConfig) -> list[HartTimingRow]:
-    """Interleaved runs (every method once per repeat), same prompt and seed for all."""
-    specs = ["dense"] + [m for m in methods if m != "dense"]
-    pruners = {s: make_pruner_from_spec(s, keep=None if s == "dense" else keep) for s in specs}
+    """Interleaved runs (every configuration once per repeat), same prompt and seed for all."""
+    configs = expand_configs(methods, keeps)
+    specs = [c.label for c in configs]
+    pruners = {c.label: c.pruner() for c in configs}
     times = {s: [] for s in specs}
     trans = {s: [] for s in specs}
     passes = {}
@@ -85,7 +87,7 @@ def measure(model, tokenizer, text, methods: list[str], keep: float | None, repe
             passes[s] = runner.counter.total()
     d, dt = _median(times["dense"]), _median(trans["dense"])
     return [HartTimingRow(s, times[s], trans[s], passes[s], d / _median(times[s]), dt / _median(trans[s]))
-            for s in specs if s in methods or s == "dense"]
+            for s in specs]
 
 
 def torch_threads() -> int:

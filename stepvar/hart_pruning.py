@@ -261,6 +261,10 @@ def simulated_counts(pruner: Pruner, cfg) -> dict[tuple[int, int, str], int]:
     """Per-row token counts a method would process, from its plan alone (for FLOPs without weights)."""
     plan = hart_plan(pruner, cfg.patch_nums, cfg.depth)
     out = {}
+    if plan is None:  # dense: the same counts a dense run records
+        from .hart_flops import dense_counts
+
+        return {(si, layer, "attn" if b == "attn" else "ffn"): n for (si, layer, b), n in dense_counts(cfg).items()}
     for si in range(cfg.num_scales):
         L = cfg.context_tokens if si == 0 else cfg.patch_nums[si] ** 2
         n = L

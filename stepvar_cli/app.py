@@ -120,6 +120,14 @@ def generate(
     from stepvar.text import check_prompts
 
     def body():
+        from stepvar.hart_pipeline import is_hart_model
+
+        if is_hart_model(model):
+            from stepvar_cli import hart_commands
+
+            return hart_commands.generate(prompt, out_path, model, weights, vae, text_encoder, resolution, aspect, size,
+                                          seed, cfg, tau, top_p, _pruner(method, keep, keep_per_scale, first_scale),
+                                          device, as_json, out, err)
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
         check_output_path(out_path, IMAGE_SUFFIXES)
@@ -150,7 +158,7 @@ def generate(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint file or sharded directory.")],
+    path: Annotated[Path, typer.Argument(help="A checkpoint file or sharded directory (HART: the release folder).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Check every key against this preset.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -158,6 +166,14 @@ def inspect(
     from stepvar.loading.inspect import inspect_checkpoint
 
     def body():
+        from stepvar.hart_pipeline import is_hart_model
+
+        if is_hart_model(model):
+            from stepvar_cli import hart_commands
+
+            if not hart_commands.inspect(path, model, as_json, out):
+                raise typer.Exit(EXIT_CHECK_FAILED)
+            return
         report = inspect_checkpoint(path, model)
         data = report.to_dict()
         if as_json:
@@ -198,6 +214,13 @@ def models(as_json: JsonOpt = False) -> None:
                          "resolution_budget": p.arch.default_budget, "vae": p.arch.vae, "text_encoder": p.text_encoder,
                          "needs": p.needs, "weights_file": p.weights_file, "vae_file": p.vae_file,
                          "embedded": p.embedded, "default": name == DEFAULT_MODEL, "description": p.description})
+        from stepvar.models.hart_presets import HART_PRESETS
+
+        for name, hp in HART_PRESETS.items():
+            rows.append({"name": name, "depth": hp.model.depth, "width": hp.model.width, "heads": hp.model.heads,
+                         "resolution_budget": "1024 (HART)", "vae": "hart tokenizer",
+                         "text_encoder": "qwen2" if hp.trained else "stand-in", "needs": hp.needs, "weights_file": None,
+                         "vae_file": None, "embedded": False, "default": False, "description": hp.description})
         if as_json:
             print(json.dumps(rows))
             return

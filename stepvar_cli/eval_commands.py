@@ -94,6 +94,13 @@ def bench(
     def body():
         keeps = _keeps(keep)
         methods_list = _split(methods)
+        from stepvar.hart_pipeline import is_hart_model
+
+        if is_hart_model(model):
+            from stepvar_cli import hart_commands
+
+            return hart_commands.bench(model, resolution, methods_list, keeps, flops_only, repeats, prompt, weights,
+                                       text_encoder, seed, device, as_json, cli.out, cli.err)
         sampling = _sampling(model, cfg, tau, top_p, seed)
         from stepvar.models.config import load_model_preset
         from stepvar.pipeline import DEFAULT_MODEL
