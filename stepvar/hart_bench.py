@@ -53,11 +53,13 @@ def flop_rows(preset: str, methods: list[str], keeps: list[float] | None) -> lis
 @dataclass
 class HartTimingRow:
     method: str
-    seconds: list[float]  # one per repeat, end to end
+    seconds: list[float]  # one per repeat, end to end (wall clock)
+    cpu_seconds: list[float]  # the process's CPU time per repeat: robust to other load on a shared machine
     transformer_s: list[float]  # the scale loop (blocks, heads, sampling)
     token_passes: int  # per row, every layer and branch
     speedup: float  # dense median / method median, end to end
     speedup_transformer: float
+    speedup_cpu: float  # dense / method, by CPU time
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,19 +77,21 @@ def measure(model, tokenizer, text, methods: list[str], keeps: list[float] | Non
     specs = [c.label for c in configs]
     pruners = {c.label: c.pruner() for c in configs}
     times = {s: [] for s in specs}
+    cpu = {s: [] for s in specs}
     trans = {s: [] for s in specs}
     passes = {}
     for _ in range(repeats):
         for s in specs:
             runner = HartRunner(model, pruners[s])
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = generate(model, tokenizer, text.features_BTD, text.mask_BT, sampling, runner=runner)
             times[s].append(time.perf_counter() - t0)
+            cpu[s].append(time.process_time() - c0)
             trans[s].append(out.timings["transformer"])
             passes[s] = runner.counter.total()
-    d, dt = _median(times["dense"]), _median(trans["dense"])
-    return [HartTimingRow(s, times[s], trans[s], passes[s], d / _median(times[s]), dt / _median(trans[s]))
-            for s in specs]
+    d, dt, dc = _median(times["dense"]), _median(trans["dense"]), _median(cpu["dense"])
+    return [HartTimingRow(s, times[s], cpu[s], trans[s], passes[s], d / _median(times[s]), dt / _median(trans[s]),
+                          dc / _median(cpu[s])) for s in specs]
 
 
 def torch_threads() -> int:

@@ -122,10 +122,11 @@ def bench(model: str, resolution, methods: list[str], keeps: list[float] | None,
     out.print(table)
     if "timings" in data:
         t2 = Table(title=f"measured, {repeats} interleaved run(s) each", title_justify="left", box=box.SIMPLE_HEAD)
-        for col in ("method", "median s", "transformer s", "token passes", "speedup", "speedup (transformer)"):
+        for col in ("method", "median s", "CPU s", "transformer s", "token passes", "speedup", "speedup (transformer)",
+                    "speedup (CPU time)"):
             t2.add_column(col)
         for t in timing:
-            t2.add_row(t.method, f"{sorted(t.seconds)[len(t.seconds) // 2]:.2f}",
-                       f"{sorted(t.transformer_s)[len(t.transformer_s) // 2]:.2f}", str(t.token_passes),
-                       f"{t.speedup:.2f}x", f"{t.speedup_transformer:.2f}x")
+            med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+            t2.add_row(t.method, f"{med(t.seconds):.2f}", f"{med(t.cpu_seconds):.2f}", f"{med(t.transformer_s):.2f}",
+                       str(t.token_passes), f"{t.speedup:.2f}x", f"{t.speedup_transformer:.2f}x", f"{t.speedup_cpu:.2f}x")
         out.print(t2)
