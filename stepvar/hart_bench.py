@@ -9,13 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import torch
-
-from .hart_flops import count_hart_flops, dense_counts, decoder_flops
+from .bench import expand_configs
+from .hart_flops import count_hart_flops, decoder_flops
 from .hart_pruning import HartRunner, simulated_counts
 from .hart_sampling import HartSamplingConfig, generate
 from .models.hart_presets import hart_preset
-from .bench import expand_configs
 
 PUBLISHED = {"stepvar": "1.4x (StepVAR paper, HART, end-to-end)", "fastvar": "1.5x (FastVAR, HART, 0.95 -> 0.63 s)"}
 TRANSFORMER_PARTS = ("attn", "attn_scores", "ffn", "head", "embed", "context")
@@ -93,6 +91,3 @@ def measure(model, tokenizer, text, methods: list[str], keeps: list[float] | Non
     return [HartTimingRow(s, times[s], cpu[s], trans[s], passes[s], d / _median(times[s]), dt / _median(trans[s]),
                           dc / _median(cpu[s])) for s in specs]
 
-
-def torch_threads() -> int:
-    return torch.get_num_threads()

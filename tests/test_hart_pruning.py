@@ -6,7 +6,7 @@ import torch
 from stepvar.errors import ConfigError
 from stepvar.hart_pruning import HartRunner, hart_plan, simulated_counts
 from stepvar.hart_sampling import HartSamplingConfig, generate
-from stepvar.models.hart import HartConfig, HartTransformer, apply_rope
+from stepvar.models.hart import HartConfig, HartTransformer
 from stepvar.models.hart_presets import hart_preset
 from stepvar.models.hart_tokenizer import HartTokenizer, HartTokenizerConfig
 from stepvar.pruning.registry import make_pruner

@@ -285,7 +285,7 @@ def inspect_hart(path: str | os.PathLike, preset: str = "hart-0.7b") -> HartInsp
     problems = [f"llm: {p}" for p in files.llm_problems] + [f"tokenizer: {p}" for p in files.tokenizer_problems]
     return HartInspectReport(
         path=str(files.folder.root), preset=preset, llm_file=str(files.llm_path), tokenizer_file=str(files.tokenizer_path),
-        model_config={k: v for k, v in dataclasses.asdict(files.model_cfg).items() if k != "extra"},
+        model_config=dataclasses.asdict(files.model_cfg),
         tokenizer_config=dataclasses.asdict(files.tokenizer_cfg),
         n_params=sum(t.numel() for t in files.llm_tensors.values()) + sum(t.numel() for t in files.tokenizer_tensors.values()),
         problems=problems,

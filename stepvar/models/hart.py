@@ -19,7 +19,7 @@ What differs from Infinity, and matters for loading the released weights:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,6 @@ class HartConfig:
     diff_depth: int = 6
     diff_steps: int = 8  # the respaced IDDPM steps of the residual diffusion head
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
