@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
-from .hart_pruning import HartRunner
+from .hart_pruning import HartRunner, hart_plan
 from .hart_sampling import HartSamplingConfig, generate
 from .hart_text import QwenTextEncoder, QWEN_RELEASE, StandInTextEncoder
 from .loading.hart import RELEASE, load_hart, random_hart
@@ -26,6 +26,30 @@ from .text import check_prompts
 
 def is_hart_model(name: str | None) -> bool:
     return name in HART_PRESETS
+
+
+def check_hart_options(resolution=None, aspect=None, size=None, tau=None, top_p=None, vae=None, cfg=None) -> float | None:
+    """Refuse, in one line, the options that select something HART does not have; -> the CFG scale.
+
+    HART runs one schedule (1024 px, 14 scales), samples with top-k and a Gumbel soft mix, and
+    takes its tokenizer from the weights folder; its CFG is one number ramped over the scales.
+    """
+    if isinstance(resolution, str):
+        resolution = None if resolution.strip() == "1024" else resolution
+    if resolution not in (None, 1024):
+        raise ConfigError(f"HART runs at 1024 px only (its 14-scale schedule); got --resolution {resolution}")
+    if aspect not in (None, "1:1") or size is not None:
+        raise ConfigError("HART has one square schedule: --aspect and --size do not apply")
+    if tau is not None or top_p is not None:
+        raise ConfigError("HART samples with top-k (600, then 300) and a Gumbel soft mix: --tau and --top-p do not apply")
+    if vae is not None:
+        raise ConfigError("HART's tokenizer is the tokenizer/ folder of --weights: --vae does not apply")
+    if cfg is None:
+        return None
+    try:
+        return float(cfg)
+    except ValueError:
+        raise ConfigError(f"--cfg for HART is one number (ramped over the scales as released), got {cfg!r}") from None
 
 
 @dataclass
@@ -59,6 +83,10 @@ class HartPipeline:
             base["cfg"] = cfg
         base.update(overrides)
         return HartSamplingConfig(**base)
+
+    def check_method(self, pruner: Pruner) -> None:
+        """A method HART cannot run fails here, before anything is computed."""
+        hart_plan(pruner, self.model.cfg.patch_nums, self.model.cfg.depth)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], pruner: Pruner, sampling: HartSamplingConfig) -> HartRun:

@@ -76,7 +76,7 @@ def hart_plan(pruner: Pruner, patch_nums, depth: int) -> HartPlan | None:
     """The pruned steps, keep ratios and layers of a method on HART; None for dense."""
     if isinstance(pruner, Dense):
         return None
-    c = pruner.cfg
+    c = pruner.config
     if isinstance(pruner, FastVAR):
         if c.skip:
             raise ConfigError(f"{pruner.name}: skipping scales has no HART configuration (the last scale feeds the diffusion head)")
@@ -128,7 +128,7 @@ class HartRunner:
         self.plan = hart_plan(pruner, model.cfg.patch_nums, model.cfg.depth)
         self.counter = HartTokenCounter()
         self.branch_cache: dict[tuple[int, str], torch.Tensor] = {}
-        seed = getattr(getattr(pruner, "cfg", None), "seed", 0)
+        seed = getattr(pruner.config, "seed", 0)
         self._rng = torch.Generator().manual_seed(seed)
 
     @property
@@ -148,7 +148,7 @@ class HartRunner:
             return self._dense(si, x, cos, sin, caches)
         if isinstance(self.pruner, FastVAR):
             return self._fastvar(si, x, pos, cos, sin, caches, k)
-        if self.pruner.cfg.selection == "scale":
+        if self.pruner.config.selection == "scale":
             return self._stepvar_once(si, x, pos, cos, sin, caches, k)
         return self._stepvar_reselecting(si, x, pos, cos, sin, caches, k)
 
@@ -178,7 +178,7 @@ class HartRunner:
         return x
 
     def _score(self, x, h, w) -> torch.Tensor:
-        c = self.pruner.cfg
+        c = self.pruner.config
         if c.score == "joint":
             return joint_score(x, h, w, w_str=c.w_str, norm=c.norm, iters=c.power_iters, init=c.power_init,
                                border=c.border, structure_power=c.structure_power)
@@ -192,11 +192,11 @@ class HartRunner:
 
     def _select(self, x, side, k) -> torch.Tensor:
         s = self._score(x, side, side)
-        if self.pruner.cfg.cfg_rows == "shared":
+        if self.pruner.config.cfg_rows == "shared":
             half = x.shape[0] // 2
             s = normalize_score(s, "minmax")
             s = (s[:half] + s[half:]).repeat(2, 1)
-        return select_topk(s, k, order=self.pruner.cfg.order)
+        return select_topk(s, k, order=self.pruner.config.order)
 
     def _rope_kept(self, pos, idx):
         return self.model.rope_image(gather_rows(pos, idx))  # kept tokens keep their own positions
@@ -210,19 +210,19 @@ class HartRunner:
         cos_k, sin_k = self._rope_kept(pos, idx)
         for layer in range(plan.first_layer, plan.end_layer):
             xk = self._block(si, layer, xk, cos_k, sin_k, caches)
-        nn_BL = nearest_kept(idx, side, side, metric=self.pruner.cfg.metric)
-        x = x + propagate(xk - start, nn_BL) if self.pruner.cfg.propagate == "residual" else propagate(xk, nn_BL)
+        nn_BL = nearest_kept(idx, side, side, metric=self.pruner.config.metric)
+        x = x + propagate(xk - start, nn_BL) if self.pruner.config.propagate == "residual" else propagate(xk, nn_BL)
         for layer in range(plan.end_layer, depth):
             x = self._block(si, layer, x, cos, sin, caches)
         return x
 
     def _stepvar_reselecting(self, si, x, pos, cos, sin, caches, k):
-        side, plan, metric = self.model.cfg.patch_nums[si], self.plan, self.pruner.cfg.metric
+        side, plan, metric = self.model.cfg.patch_nums[si], self.plan, self.pruner.config.metric
         for layer in range(len(self.model.blocks)):
             if not plan.first_layer <= layer < plan.end_layer:
                 x = self._block(si, layer, x, cos, sin, caches)
                 continue
-            if self.pruner.cfg.selection == "block":
+            if self.pruner.config.selection == "block":
                 idx = self._select(x, side, k)
                 cos_k, sin_k = self._rope_kept(pos, idx)
                 xk = start = gather_rows(x, idx)
@@ -261,10 +261,6 @@ def simulated_counts(pruner: Pruner, cfg) -> dict[tuple[int, int, str], int]:
     """Per-row token counts a method would process, from its plan alone (for FLOPs without weights)."""
     plan = hart_plan(pruner, cfg.patch_nums, cfg.depth)
     out = {}
-    if plan is None:  # dense: the same counts a dense run records
-        from .hart_flops import dense_counts
-
-        return {(si, layer, "attn" if b == "attn" else "ffn"): n for (si, layer, b), n in dense_counts(cfg).items()}
     for si in range(cfg.num_scales):
         L = cfg.context_tokens if si == 0 else cfg.patch_nums[si] ** 2
         n = L

@@ -3,7 +3,7 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stepvar.hart_flops import count_hart_flops, dense_counts
+from stepvar.eval.hart_flops import count_hart_flops, dense_counts
 from stepvar.hart_sampling import HartSamplingConfig, generate
 from stepvar.models.hart import HartConfig, HartTransformer
 from stepvar.models.hart_presets import hart_preset

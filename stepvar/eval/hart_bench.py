@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from .bench import expand_configs
+from .runs import expand_configs
 from .hart_flops import count_hart_flops, decoder_flops
-from .hart_pruning import HartRunner, simulated_counts
-from .hart_sampling import HartSamplingConfig, generate
-from .models.hart_presets import hart_preset
+from ..hart_pruning import HartRunner, simulated_counts
+from ..hart_sampling import HartSamplingConfig, generate
+from ..models.hart_presets import hart_preset
 
 PUBLISHED = {"stepvar": "1.4x (StepVAR paper, HART, end-to-end)", "fastvar": "1.5x (FastVAR, HART, 0.95 -> 0.63 s)"}
 TRANSFORMER_PARTS = ("attn", "attn_scores", "ffn", "head", "embed", "context")

@@ -1,6 +1,6 @@
 """Analytic FLOPs of one HART generation: transformer, head, diffusion head and tokenizer decoder.
 
-Same convention as stepvar.flops: one multiply-add is 2 FLOPs and only matrix products
+Same convention as stepvar.eval.flops: one multiply-add is 2 FLOPs and only matrix products
 (linears, attention scores and weighted sums, convolutions) are counted.
 
 Per step si and layer with n tokens per row in a branch and R = 2B model rows (CFG):
@@ -24,8 +24,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .models.hart import HartConfig
-from .models.hart_tokenizer import AttnBlock, Decoder, HartTokenizerConfig
+from ..models.hart import HartConfig
+from ..models.hart_tokenizer import AttnBlock, Decoder, HartTokenizerConfig
 
 
 @dataclass
