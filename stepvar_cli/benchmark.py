@@ -80,6 +80,11 @@ def bench(
     def body():
         keeps = _keeps(keep)
         methods_list = _split(methods)
+        from stepvar.hart_pipeline import is_hart_model
+
+        if is_hart_model(model):
+            return _bench_hart(model, resolution, aspect, methods_list, keeps, flops_only, repeats, prompt, weights, vae,
+                               text_encoder, seed, cfg, tau, top_p, device, as_json)
         sampling = sampling_options(model, cfg, tau, top_p, seed)
         from stepvar.models.config import load_model_preset
 
@@ -254,3 +259,45 @@ def overhead(
         out.print(f"  overhead: [bold]{100 * r.overhead_fraction:.3f}%[/] of the scale's dense block-stack time")
 
     run_guarded(body)
+
+
+def _bench_hart(model, resolution, aspect, methods, keeps, flops_only, repeats, prompt, weights, vae, text_encoder, seed,
+                cfg, tau, top_p, device, as_json) -> None:
+    """HART's branch: FLOP bounds per method and, unless --flops-only, interleaved timings (stepvar.eval.hart_bench)."""
+    from stepvar.eval.hart_bench import flop_rows, measure
+    from stepvar.hart_pipeline import check_hart_options
+
+    guidance = check_hart_options(resolution, aspect, None, tau, top_p, vae, cfg)
+    rows = flop_rows(model, methods, keeps)
+    data = {"model": model, "resolution": 1024, "keep": keeps, "flops": [r.to_dict() for r in rows]}
+    timing = []
+    if not flops_only:
+        from stepvar.devices import resolve_device
+        from stepvar.hart_pipeline import load_hart_pipeline
+
+        pipe = load_hart_pipeline(model, weights, text_encoder, str(resolve_device(device)))
+        if not pipe.trained:
+            err.print(f"[yellow]note:[/] model {model} is {pipe.status}: timings are real, images are not")
+        text = pipe.text_encoder.encode([prompt or "a red apple"], pipe.device)
+        timing = measure(pipe.model, pipe.tokenizer, text, methods, keeps, repeats, pipe.sampling(seed=seed, cfg=guidance))
+        data["timings"] = [t.to_dict() for t in timing]
+    if as_json:
+        print(json.dumps(data, default=str))
+        return
+    table = Table(title=f"{model} 1024x1024, FLOPs per image (CFG)", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("method", "TFLOP", "transformer TFLOP", "bound", "bound (transformer)", "published"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.method, f"{r.total / 1e12:.2f}", f"{r.transformer / 1e12:.2f}", f"{r.bound_total:.2f}x",
+                      f"{r.bound_transformer:.2f}x", r.published)
+    out.print(table)
+    if timing:
+        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        t2 = Table(title=f"measured, {repeats} interleaved run(s) each", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("method", "median s", "CPU s", "scale loop s", "token passes", "speedup", "speedup (scale loop)",
+                    "speedup (CPU time)"):
+            t2.add_column(col)
+        for t in timing:
+            t2.add_row(t.method, f"{med(t.seconds):.2f}", f"{med(t.cpu_seconds):.2f}", f"{med(t.transformer_s):.2f}",
+                       str(t.token_passes), f"{t.speedup:.2f}x", f"{t.speedup_transformer:.2f}x", f"{t.speedup_cpu:.2f}x")
+        out.print(t2)

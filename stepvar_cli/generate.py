@@ -36,6 +36,11 @@ def generate(
     from stepvar.text import check_prompts
 
     def body():
+        from stepvar.hart_pipeline import is_hart_model
+
+        if is_hart_model(model):
+            return _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resolution, aspect, size, seed, cfg,
+                                  tau, top_p, make_method(method, keep, keep_per_scale, first_scale), device, as_json)
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
         check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
@@ -66,3 +71,34 @@ def generate(
                             f"settings in {sidecar}"))
 
     run_guarded(body)
+
+
+def _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resolution, aspect, size, seed, cfg, tau, top_p,
+                   pruner, device, as_json) -> None:
+    """HART's branch: one 1024 px image (stepvar.hart_pipeline does the work)."""
+    from stepvar.devices import resolve_device
+    from stepvar.hart_pipeline import check_hart_options, load_hart_pipeline
+    from stepvar.hart_pruning import hart_plan
+    from stepvar.io import IMAGE_SUFFIXES, check_output_path, save_image, save_json
+    from stepvar.models.hart_presets import hart_preset
+    from stepvar.text import check_prompts
+
+    check_prompts([prompt])
+    check_output_path(out_path, IMAGE_SUFFIXES)
+    guidance = check_hart_options(resolution, aspect, size, tau, top_p, vae, cfg)
+    arch = hart_preset(model).model
+    hart_plan(pruner, arch.patch_nums, arch.depth)  # a method HART cannot run fails before anything loads
+    pipe = load_hart_pipeline(model, weights, text_encoder, str(resolve_device(device)))
+    if not pipe.trained:
+        err.print(f"[yellow]note:[/] model {model} is {pipe.status}: the image shows the architecture running, not a trained result")
+    run = pipe.generate([prompt], pruner, pipe.sampling(seed=seed, cfg=guidance))
+    record = run.record | {"output": str(out_path)}
+    save_image(out_path, run.images[0].numpy(), {"prompt": prompt, "seed": str(seed), "record": json.dumps(record, default=str)})
+    sidecar = save_json(out_path.with_suffix(".json"), record)
+    if as_json:
+        print(json.dumps(record | {"sidecar": str(sidecar)}, default=str))
+        return
+    t = run.timings
+    out.print(f"wrote [bold]{out_path}[/] (1024x1024, {pruner.name}, seed {seed}, {run.token_passes} token passes) in "
+              f"{sum(t.values()):.2f}s (scale loop {t['transformer']:.2f}s, diffusion {t['diffusion']:.2f}s, "
+              f"decode {t['decode']:.2f}s); settings in {sidecar}")

@@ -15,7 +15,7 @@ from .safe_print import plain
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint file or sharded directory.")],
+    path: Annotated[Path, typer.Argument(help="A checkpoint file or sharded directory (HART: the release folder).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Check every key against this preset.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -23,7 +23,14 @@ def inspect(
     from stepvar.loading.inspect import inspect_checkpoint
 
     def body():
-        report = inspect_checkpoint(path, model)
+        from stepvar.hart_pipeline import is_hart_model
+
+        if is_hart_model(model):
+            from stepvar.loading.hart import inspect_hart
+
+            report = inspect_hart(path, model)  # the release folder: llm/ and tokenizer/
+        else:
+            report = inspect_checkpoint(path, model)
         data = report.to_dict()
         if as_json:
             print(json.dumps(data, default=str))
@@ -62,6 +69,13 @@ def models(as_json: JsonOpt = False) -> None:
                          "resolution_budget": p.arch.default_budget, "vae": p.arch.vae, "text_encoder": p.text_encoder,
                          "needs": p.needs, "weights_file": p.weights_file, "vae_file": p.vae_file,
                          "embedded": p.embedded, "default": name == DEFAULT_MODEL, "description": p.description})
+        from stepvar.models.hart_presets import HART_PRESETS
+
+        for name, hp in HART_PRESETS.items():
+            rows.append({"name": name, "depth": hp.model.depth, "width": hp.model.width, "heads": hp.model.heads,
+                         "resolution_budget": "1024 (HART)", "vae": "HART tokenizer (tokenizer/ of the weights folder)",
+                         "text_encoder": "qwen2" if hp.trained else "stand-in", "needs": hp.needs, "weights_file": None,
+                         "vae_file": None, "embedded": False, "default": False, "description": hp.description})
         if as_json:
             print(json.dumps(rows))
             return
