@@ -25,6 +25,13 @@ from .models.infinitystar import TEXT_SLOT, InfinityStar
 from .video_schedules import StarScale, StarSchedule
 
 LATENT_CHANNELS = 64
+# Appended to every prompt by the official 480p / 720p scripts (their negative prompt is empty).
+PROMPT_SUFFIX = ", Close-up on big objects, emphasize scale and detail"
+
+
+def star_prompt(prompt: str, seconds: int) -> str:
+    """The prompt as the released models were trained to read it: a duration tag, the text, the suffix."""
+    return f"<<<t={seconds}s>>>{prompt}{PROMPT_SUFFIX}"
 
 
 @dataclass

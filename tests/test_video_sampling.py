@@ -9,7 +9,7 @@ import torch
 from stepvar.errors import ConfigError
 from stepvar.models.infinitystar import InfinityStar, init_random_, star_preset
 from stepvar.video_sampling import (
-    StarSampling, apg_guidance, bits_to_codes, codes_to_grid, generate_latent, scale_positions,
+    StarSampling, apg_guidance, star_prompt, bits_to_codes, codes_to_grid, generate_latent, scale_positions,
 )
 from stepvar.video_schedules import RESOLUTIONS, build_star_schedule
 
@@ -124,3 +124,7 @@ def test_bad_settings():
         StarSampling(guidance=0.5)
     with pytest.raises(ConfigError):
         StarSampling(tau_video=0)
+
+
+def test_prompt_template_carries_the_duration():
+    assert star_prompt("a red car", 5) == "<<<t=5s>>>a red car, Close-up on big objects, emphasize scale and detail"
