@@ -19,6 +19,8 @@ The VAE quantizer is not imported: its bits -> codes step (2b - 1, L2-normalised
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import tempfile
 import json
 import sys
 import types
@@ -48,6 +50,7 @@ SEMANTIC_SCALES, DETAIL_MIN_TOKENS = 8, 100
 def _module(name: str, **attrs) -> types.ModuleType:
     mod = types.ModuleType(name)
     mod.__dict__.update(attrs)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # torch._dynamo inspects every module's spec
     return mod
 
 
@@ -70,13 +73,16 @@ def load_official(root: Path):
     stubs = {
         "pytz": _module("pytz"),
         "tqdm": _module("tqdm", tqdm=_Bar),
-        "einops": _module("einops", rearrange=None),
         "timm": _module("timm"),
         "timm.loss": _module("timm.loss", SoftTargetCrossEntropy=None),
         "timm.models": _module("timm.models", register_model=lambda f: f),
         "timm.models.layers": _module("timm.models.layers", DropPath=None, drop_path=None),
         "flash_attn": _module("flash_attn", flash_attn_func=_flash_attn_func, flash_attn_qkvpacked_func=None),
     }
+    try:
+        import einops  # noqa: F401  (the video VAE needs the real package)
+    except ImportError:
+        stubs["einops"] = _module("einops", rearrange=None, repeat=None)
     for name, mod in stubs.items():
         sys.modules.setdefault(name, mod)
     sys.path.insert(0, str(root))
@@ -94,6 +100,10 @@ def load_official(root: Path):
     exec(compile(src.replace(cast, ".permute([0,2,1,3])"), basic.__file__, "exec"), basic.__dict__)
     sys.modules["infinity.models.basic"] = basic
     package.basic = basic
+    # Same for the VAE's modules package, whose __init__ pulls in LPIPS and torchvision.
+    vae_modules = root / "infinity/models/videovae/modules"
+    sys.modules["infinity.models.videovae.modules"] = _module(
+        "infinity.models.videovae.modules", __path__=[str(vae_modules)], DiagonalGaussianDistribution=None)
     from infinity.models import infinity as official
     from infinity.models.apg import normalized_guidance
     from infinity.schedules.infinity_elegant import get_scale_pack_info, get_visual_rope_embeds
@@ -203,23 +213,66 @@ def run_case(official_mods, name: str, seed: int = 0) -> dict:
     }
 
 
+def run_vae(root: Path, seed: int = 0) -> dict:
+    """Decode random latents with the official video VAE and ours, sharing random weights."""
+    from infinity.models.videovae.models.load_vae_bsq_wan_absorb_patchify import video_vae_model
+
+    from stepvar.models.video_vae import VideoVAEDecoder
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.pth"
+        torch.save({"vae": {}}, empty)
+        args = types.SimpleNamespace(use_feat_proj=2, detail_scale_min_tokens=DETAIL_MIN_TOKENS, semantic_scale_dim=16,
+                                     detail_scale_dim=64, use_learnable_dim_proj=0, semantic_scales=SEMANTIC_SCALES)
+        theirs = video_vae_model(str(empty), "dynamic", 64, global_args=args, test_mode=True)
+    ours = VideoVAEDecoder().eval()
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in theirs.state_dict().items():
+        if not v.dtype.is_floating_point:
+            sd[k] = v
+            continue
+        base = 1.0 if k.endswith("gamma") or k == "scale_learnable_parameters" else 0.0
+        sd[k] = base + torch.randn(v.shape, generator=g) * (0.02 if v.ndim > 1 else 0.1)
+    theirs.load_state_dict(sd, strict=True)
+    own = ours.state_dict()
+    ours.load_state_dict({k: sd[k] for k in own}, strict=True)
+    rows = []
+    for T, side in ((1, 3), (5, 3), (4, 2), (9, 2)):  # image, 17 frames, an even length, several chunks
+        z = torch.randn(1, 64, T, side, side, generator=g)
+        with torch.no_grad():
+            a, b = theirs.decode(z), ours.decode(z, clamp=False)
+        rows.append({"latent": [1, 64, T, side, side], "video": list(a.shape), "shapes_equal": a.shape == b.shape,
+                     "max_abs_diff": (a - b).abs().max().item(), "max_abs": a.abs().max().item(),
+                     "decoder_keys": len(own), "file_keys": len(sd)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--official", type=Path, default=DEFAULT_OFFICIAL, help="export of FoundationVision/InfinityStar")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--vae", action="store_true", help="also compare the video VAE decoder (needs einops)")
+    ap.add_argument("--pythonpath", type=Path, help="a folder with einops (pip install --target DIR einops)")
     a = ap.parse_args()
     if not (a.official / "infinity/models/infinity.py").is_file():
         raise SystemExit(f"{a.official}: not an export of FoundationVision/InfinityStar (infinity/models/infinity.py missing)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if a.pythonpath:
+        sys.path.insert(0, str(a.pythonpath))
     mods = load_official(a.official)
-    rows = [run_case(mods, name, a.seed) for name in a.cases.split(",")]
+    rows = [run_case(mods, name, a.seed) for name in a.cases.split(",") if name]
     for r in rows:
         print(f"{r['case']}: {r['scales']} scales, {r['passes']} passes, max |logit diff| {r['max_abs_logit_diff']:.3g} "
               f"(|logit| up to {r['max_abs_logit']:.3g}), max |latent diff| {r['max_abs_latent_diff']:.3g}, "
               f"APG max diff {r['apg_max_abs_diff']:.3g}")
         print("  per scale:", " ".join(f"{v:.2g}" for v in r["per_scale_max_abs_logit_diff"]))
+    if a.vae:
+        vae_rows = run_vae(a.official, a.seed)
+        for r in vae_rows:
+            print(f"VAE latent {r['latent']} -> video {r['video']}: max |diff| {r['max_abs_diff']:.3g} "
+                  f"(|x| up to {r['max_abs']:.3g}); {r['decoder_keys']} of the file's {r['file_keys']} keys used")
+        rows.append({"vae": vae_rows})
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -74,7 +74,7 @@ def frames_for_duration(seconds: int) -> int:
 
 
 def check_frames(frames: int, max_seconds: int) -> int:
-    """The whole-second duration of `frames`, or a ConfigError naming the counts that work.
+    """The whole-second duration of `frames` (0 for a single image), or a ConfigError naming the counts that work.
 
     The official loop builds its tables for 16 fps whole seconds (frames = 16 s + 1). It also
     accumulates every video clip on the grid of the schedule's last clip, so a video whose
@@ -83,9 +83,9 @@ def check_frames(frames: int, max_seconds: int) -> int:
     """
     allowed = [s for s in range(1, max_seconds + 1) if s * FPS // TEMPORAL_STRIDE <= FRAMES_PER_CLIP
                or (s * FPS // TEMPORAL_STRIDE) % FRAMES_PER_CLIP == 0]
-    ok = {frames_for_duration(s): s for s in allowed}
+    ok = {1: 0} | {frames_for_duration(s): s for s in allowed}  # 1 frame: the image clip alone
     if frames not in ok:
-        listed = ", ".join(f"{f} ({s} s)" for f, s in ok.items())
+        listed = ", ".join(f"{f} ({s} s)" if s else "1 (an image)" for f, s in ok.items())
         raise ConfigError(f"--frames {frames} is not a length this schedule can make; allowed: {listed}")
     return ok[frames]
 

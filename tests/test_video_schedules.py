@@ -56,7 +56,7 @@ def test_tiny_schedule_and_16_9():
 
 
 @pytest.mark.parametrize("res,ok,bad", [
-    ("720p", [17, 33, 49, 65, 81], [1, 16, 80, 97, 161]),
+    ("720p", [1, 17, 33, 49, 65, 81], [2, 16, 80, 97, 161]),
     ("480p", [17, 81, 161], [97, 113, 129, 145, 18]),
 ])
 def test_allowed_frame_counts(res, ok, bad):
