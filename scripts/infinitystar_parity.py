@@ -213,6 +213,26 @@ def run_case(official_mods, name: str, seed: int = 0) -> dict:
     }
 
 
+def sensitivity_check(official_mods, name: str, seed: int = 0) -> list[float]:
+    """The same case with a deliberate error on our side (one video scale's frames off by one):
+    only that scale's logits may differ, which shows the comparison can see such an error."""
+    import stepvar.video_sampling as vs
+
+    original = vs.scale_positions
+
+    def shifted(s, r, grid, text_maxlen, device="cpu"):
+        pos = original(s, r, grid, text_maxlen, device)
+        if s.clip == 1 and s.rel == 5:
+            pos[:, 1] += 1
+        return pos
+
+    vs.scale_positions = shifted
+    try:
+        return run_case(official_mods, name, seed)["per_scale_max_abs_logit_diff"]
+    finally:
+        vs.scale_positions = original
+
+
 def run_vae(root: Path, seed: int = 0) -> dict:
     """Decode random latents with the official video VAE and ours, sharing random weights."""
     from infinity.models.videovae.models.load_vae_bsq_wan_absorb_patchify import video_vae_model
@@ -253,6 +273,8 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="also rerun the first case with one video scale's frame positions shifted by one")
     ap.add_argument("--vae", action="store_true", help="also compare the video VAE decoder (needs einops)")
     ap.add_argument("--pythonpath", type=Path, help="a folder with einops (pip install --target DIR einops)")
     a = ap.parse_args()
@@ -267,6 +289,10 @@ def main() -> None:
               f"(|logit| up to {r['max_abs_logit']:.3g}), max |latent diff| {r['max_abs_latent_diff']:.3g}, "
               f"APG max diff {r['apg_max_abs_diff']:.3g}")
         print("  per scale:", " ".join(f"{v:.2g}" for v in r["per_scale_max_abs_logit_diff"]))
+    if a.sensitivity:
+        r = sensitivity_check(mods, a.cases.split(",")[0] or "17f-repeats", a.seed)
+        print("sensitivity (clip 1, rel 5 shifted one frame): per scale", " ".join(f"{v:.2g}" for v in r))
+        rows.append({"sensitivity_per_scale_max_abs_logit_diff": r})
     if a.vae:
         vae_rows = run_vae(a.official, a.seed)
         for r in vae_rows:

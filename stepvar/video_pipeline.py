@@ -135,3 +135,44 @@ def write_mp4(path: str | Path, frames_THW3: np.ndarray, fps: int = FPS) -> Path
         finally:
             writer.close()
     return path
+
+
+def frames_from_request(frames: int | None, duration: int | None, max_seconds: int) -> int:
+    """--frames or --duration (seconds) to a frame count the schedule can make (default 5 s, or the maximum)."""
+    if frames is not None and duration is not None:
+        raise ConfigError("give --frames or --duration, not both")
+    if frames is None:
+        seconds = duration if duration is not None else min(5, max_seconds)
+        if seconds < 1:
+            raise ConfigError(f"--duration must be at least 1 second, got {seconds}")
+        frames = seconds * FPS + 1
+    check_frames(frames, max_seconds)
+    return frames
+
+
+def check_video_output(path: str | Path, frames: int) -> Path:
+    """.mp4 for a video; a single frame may also go to .png / .jpg. Checked before any compute."""
+    from .io import IMAGE_SUFFIXES, check_output_path
+
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if frames > 1:
+            raise StepvarError(f"{path}: {frames} frames go to an .mp4 file, not {path.suffix}")
+        return check_output_path(path, IMAGE_SUFFIXES)
+    return check_output_path(path, VIDEO_SUFFIXES)
+
+
+def save_video_outputs(path: str | Path, result: VideoResult) -> dict[str, Path]:
+    """The MP4 (or the image, for one frame), a poster PNG of the middle frame and the JSON sidecar."""
+    from .io import IMAGE_SUFFIXES, save_image, save_json
+
+    path = Path(path)
+    meta = {"prompt": result.record.get("prompt", ""), "record": result.record}
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        written = {"image": save_image(path, result.frames[0], meta)}
+    else:
+        written = {"video": write_mp4(path, result.frames)}
+        poster = path.with_name(path.stem + ".poster.png")
+        written["poster"] = save_image(poster, result.frames[len(result.frames) // 2], meta)
+    written["sidecar"] = save_json(path.with_suffix(".json"), result.record | {k: str(v) for k, v in written.items()})
+    return written

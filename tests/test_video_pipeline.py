@@ -72,3 +72,29 @@ def test_bad_inputs(small_pipe, tmp_path):
         load_video_pipeline("infinitystar-8b")
     with pytest.raises(ConfigError, match="takes no --weights"):
         load_video_pipeline("infinitystar-tiny", weights="w")
+
+
+def test_frames_from_request():
+    from stepvar.video_pipeline import frames_from_request
+    assert frames_from_request(None, None, 5) == 81 and frames_from_request(None, 2, 5) == 33
+    assert frames_from_request(17, None, 5) == 17 and frames_from_request(None, 10, 10) == 161
+    for frames, duration in ((17, 1), (None, 0), (None, 7), (20, None)):
+        with pytest.raises(ConfigError):
+            frames_from_request(frames, duration, 10)
+
+
+def test_output_checks_and_files(tmp_path):
+    from stepvar.video_pipeline import VideoResult, check_video_output, save_video_outputs
+    with pytest.raises(StepvarError, match="17 frames go to an .mp4"):
+        check_video_output(tmp_path / "a.png", 17)
+    with pytest.raises(StepvarError):
+        check_video_output(tmp_path / "a.gif", 17)
+    check_video_output(tmp_path / "a.png", 1)
+    assert not list(tmp_path.iterdir())
+    frames = np.zeros((5, 32, 48, 3), np.uint8)
+    frames[2] = 200
+    res = VideoResult(frames, torch.zeros(1), {}, {"prompt": "p", "frames": 5})
+    written = save_video_outputs(tmp_path / "clip.mp4", res)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.mp4", "clip.poster.png"]
+    assert iio.imread(written["poster"]).min() == 200  # the middle frame
+    assert iio.imread(written["video"]).shape == (5, 32, 48, 3)
