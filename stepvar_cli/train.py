@@ -1,0 +1,135 @@
+"""`stepvar train vae|gpt|latents|export`: thin adapters over stepvar.training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .console import out, run_guarded
+from .options import (CkptEveryOpt, CpuBf16Opt, DecayOpt, LROpt, ResumeOpt, RunDirOpt, StepsOpt, TrainBatchOpt,
+                      TrainDeviceOpt, TrainSeedOpt, WarmupOpt)
+
+train_app = typer.Typer(no_args_is_help=True, help="Train the project's own small models (the toy world).")
+
+
+def _log_printer(as_json: bool):
+    def on_log(record: dict) -> None:
+        if as_json:
+            print(json.dumps(record))
+        else:
+            rest = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step",))
+            out.print(f"step {record['step']}: {rest}")
+    return on_log
+
+
+@train_app.command("vae")
+def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt = False, seed: TrainSeedOpt = 0, batch: TrainBatchOpt = 16,
+                  init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights.")] = None,
+                  object_weight: Annotated[float, typer.Option(help="Extra reconstruction weight on object pixels (1 + this).")] = 0.0,
+                  decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
+                  lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
+                  device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Train the toy world's BSQ VAE on rendered scenes."""
+    from stepvar.training.common import optim_for_run
+    from stepvar.training.train_vae import VAETrainConfig, train_vae
+
+    def body():
+        cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
+                             init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
+                             object_weight=object_weight)
+        cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
+        res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
+        out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+
+    run_guarded(body)
+
+
+@train_app.command("gpt")
+def train_gpt_cmd(out_dir: RunDirOpt, vae: Annotated[Path, typer.Option(help="The VAE (frozen): a VAE run directory or checkpoint, or an export directory such as stepvar/assets/toy.")],
+                  steps: StepsOpt = 30000, resume: ResumeOpt = False, seed: TrainSeedOpt = 0, batch: TrainBatchOpt = 16,
+                  self_correction: Annotated[float, typer.Option(help="Bitwise self-correction strength (0 = off).")] = 0.0,
+                  init_from: Annotated[Optional[Path], typer.Option(help="Start from these weights (an export directory or a transformer run) with a fresh optimiser.")] = None,
+                  prefix_batch: Annotated[int, typer.Option(help="Extra rows per update trained on the first --prefix-scales scales only (cheap layout signal).")] = 0,
+                  prefix_scales: Annotated[int, typer.Option(help="Scales the prefix rows run.")] = 5,
+                  latents: Annotated[Optional[Path], typer.Option(help="Train on this pre-encoded scene pool (`stepvar train latents`) instead of rendering and encoding fresh scenes every step.")] = None,
+                  form_weights: Annotated[Optional[str], typer.Option(help="With --latents: shares of the prompt forms single,count,relation, e.g. 0.15,0.3,0.55 (default: the pool's, a third each).")] = None,
+                  layout: Annotated[Optional[str], typer.Option(help="Object placement of the scenes: free or slots (default: the pool's, else free).")] = None,
+                  loss_weighting: Annotated[str, typer.Option(help="token: every token alike; scale: every scale alike (the coarse scales that decide layout and colour weigh as much as the fine ones).")] = "token",
+                  lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
+                  device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Train the toy transformer and its grammar text encoder against a frozen VAE."""
+    from stepvar.training.common import optim_for_run
+    from stepvar.training.train_gpt import GPTTrainConfig, train_transformer
+
+    def body():
+        cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, self_correction=self_correction,
+                             prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
+                             init_from=None if init_from is None else str(init_from),
+                             latents=None if latents is None else str(latents),
+                             form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
+        cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
+        res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
+                                on_log=_log_printer(as_json))
+        out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
+
+    run_guarded(body)
+
+
+def _form_weights(text: str | None) -> tuple[float, ...] | None:
+    from stepvar.options import parse_float_list
+
+    value = parse_float_list(text, "form-weights")
+    return None if value is None else tuple(value if isinstance(value, list) else [value])
+
+
+def _every(k_step: int, fn):
+    """Call fn(k, total) only when k crosses a multiple of k_step, and at the end."""
+    last = [0]
+
+    def call(k: int, total: int) -> None:
+        if k // k_step > last[0] // k_step or k == total:
+            fn(k, total)
+        last[0] = k
+
+    return call
+
+
+@train_app.command("latents")
+def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The pool file to write (safetensors).")],
+                vae: Annotated[Path, typer.Option(help="The frozen VAE the transformer will train against (as for `train gpt --vae`).")],
+                n: Annotated[int, typer.Option(help="Scenes in the pool.")] = 20000, seed: TrainSeedOpt = 1,
+                size: Annotated[int, typer.Option(help="Image side in pixels (the schedule's).")] = 256,
+                layout: Annotated[str, typer.Option(help="Object placement: free (anywhere) or slots (one jittered arrangement per prompt form).")] = "free",
+                device: TrainDeviceOpt = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Render and VAE-encode a pool of scenes once, for `train gpt --latents` (about twice the update rate on CPU)."""
+    from stepvar.devices import resolve_device
+    from stepvar.training.latent_pool import build_latent_pool, save_latent_pool
+    from stepvar.training.train_gpt import as_vae
+
+    def body():
+        dev = resolve_device(device)
+        pool = build_latent_pool(as_vae(vae).to(dev), n, seed, size, device=dev, layout=layout,
+                                 on_progress=None if as_json else _every(2048, lambda k, total: out.print(f"encoded {k}/{total}")))
+        save_latent_pool(pool, out_file)
+        if as_json:
+            out.print_json(data={"path": str(out_file), "scenes": len(pool), "seed": seed, "image_size": size,
+                                 "layout": layout, "encoder_sha256": pool.encoder_sha256})
+        else:
+            out.print(f"{len(pool)} scenes -> {out_file}")
+
+    run_guarded(body)
+
+
+@train_app.command("export")
+def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer run directory or checkpoint.")],
+               out_dir: RunDirOpt,
+               vae: Annotated[Optional[Path], typer.Option(help="Ship this decoder-only fine-tune of the run's VAE instead.")] = None) -> None:
+    """Write the shippable fp16 weights (transformer, VAE, text encoder) and model.json."""
+    from stepvar.training.train_gpt import export_embedded
+
+    run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
