@@ -53,6 +53,23 @@ class StarSampling:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_options(cls, cfg: str | None, tau: str | None, seed: int) -> "StarSampling":
+        """--cfg G (APG strength) and --tau T or T_IMAGE,T_VIDEO; left out, the official values."""
+        kw: dict = {"seed": seed}
+        try:
+            if cfg is not None:
+                kw["guidance"] = float(cfg)
+            if tau is not None:
+                taus = [float(t) for t in tau.split(",")]
+                if len(taus) not in (1, 2):
+                    raise ValueError
+                kw["tau_image"], kw["tau_video"] = taus[0], taus[-1]
+        except ValueError:
+            raise ConfigError(f"a video model takes --cfg G (one number) and --tau T or T_IMAGE,T_VIDEO; got "
+                              f"--cfg {cfg} --tau {tau}") from None
+        return cls(**kw)
+
 
 @dataclass
 class PassRecord:
