@@ -52,6 +52,7 @@ def models(as_json: JsonOpt = False) -> None:
     """List the model presets and what each needs."""
     from stepvar.models.config import list_model_presets, load_model_preset
     from stepvar.models.config import DEFAULT_MODEL
+    from stepvar.models.infinitystar import star_preset_rows
 
     def body():
         rows = []
@@ -61,6 +62,7 @@ def models(as_json: JsonOpt = False) -> None:
                          "resolution_budget": p.arch.default_budget, "vae": p.arch.vae, "text_encoder": p.text_encoder,
                          "needs": p.needs, "weights_file": p.weights_file, "vae_file": p.vae_file,
                          "embedded": p.embedded, "default": name == DEFAULT_MODEL, "description": p.description})
+        rows += star_preset_rows()
         if as_json:
             print(json.dumps(rows))
             return

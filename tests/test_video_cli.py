@@ -54,3 +54,10 @@ def test_17_frame_mp4(tmp_path):
     assert r.exit_code == 0, r.output
     assert iio.imread(out).shape == (17, 256, 256, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.mp4", "clip.poster.png"]
+
+
+def test_models_lists_the_video_presets():
+    r = run("models", "--json")
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert rows["infinitystar-8b"]["needs"] == ["weights", "vae", "text-encoder"]
+    assert rows["infinitystar-tiny"]["needs"] == [] and "untrained" in rows["infinitystar-tiny"]["description"]

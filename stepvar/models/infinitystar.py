@@ -95,6 +95,21 @@ def is_star_preset(name: str | None) -> bool:
     return name in STAR_PRESETS
 
 
+def star_preset_rows() -> list[dict]:
+    """The video presets in the shape of `stepvar models` rows."""
+    from ..video_schedules import RESOLUTIONS
+
+    rows = []
+    for name, c in STAR_PRESETS.items():
+        rows.append({"name": name, "depth": c.depth, "width": c.width, "heads": c.heads,
+                     "resolution_budget": "/".join(f"{r} {RESOLUTIONS[r].budget}" for r in c.resolutions),
+                     "vae": "infinitystar-videovae", "text_encoder": "hash" if c.untrained else "t5",
+                     "needs": [] if c.untrained else ["weights", "vae", "text-encoder"], "weights_file": c.weights_file,
+                     "vae_file": None if c.untrained else "infinitystar_videovae.pth", "embedded": False,
+                     "default": False, "description": c.description})
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
