@@ -277,7 +277,7 @@ def _bench_hart(model, resolution, aspect, methods, keeps, flops_only, repeats, 
 
         pipe = load_hart_pipeline(model, weights, text_encoder, str(resolve_device(device)))
         if not pipe.trained:
-            err.print(f"[yellow]note:[/] model {model} is {pipe.status}: timings are real, images are not")
+            err.print(note(f"model {model} is {pipe.status}: timings are real, images are not"))
         text = pipe.text_encoder.encode([prompt or "a red apple"], pipe.device)
         timing = measure(pipe.model, pipe.tokenizer, text, methods, keeps, repeats, pipe.sampling(seed=seed, cfg=guidance))
         data["timings"] = [t.to_dict() for t in timing]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+
+from stepvar.errors import StepvarError
 
 from .console import err, out, run_guarded
 from .safe_print import note, plain
@@ -16,18 +18,30 @@ from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, FirstScaleOpt, Jso
                       sampling_options)
 
 
+FramesOpt = Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames, 16 per second + 1 (17, 33, ..., 81, 161).")]
+DurationOpt = Annotated[Optional[int], typer.Option("--duration", help="Video models: whole seconds (instead of --frames). [default: 5]")]
+
+
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")],
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png or .jpg); a .json sidecar is written beside it.")] = Path("stepvar.png"),
+    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output image (.png or .jpg) or, for a video model, .mp4 (plus a poster PNG); a .json sidecar is written beside it. [default: stepvar.png / stepvar.mp4]")] = None,
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     method: MethodOpt = None, keep: KeepOpt = None, keep_per_scale: KeepTableOpt = None, first_scale: FirstScaleOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", numerics: NumericsOpt = "exact", as_json: JsonOpt = False,
     model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
+    frames: FramesOpt = None, duration: DurationOpt = None,
 ) -> None:
-    """Generate one image."""
+    """Generate one image, or a video with an InfinityStar model."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stepvar.models.infinitystar import is_star_preset
+
+    if is_star_preset(model):
+        return _generate_video(prompt, out_path or Path("stepvar.mp4"), model, weights, vae, text_encoder, resolution,
+                               seed, cfg, tau, method, keep, keep_per_scale, first_scale, device, as_json, frames, duration)
+    out_path = out_path or Path("stepvar.png")
 
     from stepvar.errors import ConfigError
     from stepvar.io import check_image_outputs, save_image_with_sidecar
@@ -42,6 +56,9 @@ def generate(
             return _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resolution, aspect, size, seed, cfg,
                                   tau, top_p, make_method(method, keep, keep_per_scale, first_scale), device, as_json)
         # Everything is checked before any weights load or any compute runs.
+        if frames is not None or duration is not None:
+            raise StepvarError(f"--frames / --duration are for video models (infinitystar-*); "
+                               f"{model or 'the default model'} makes images")
         check_prompts([prompt])
         check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
         if numerics not in NUMERICS:
@@ -90,7 +107,7 @@ def _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resoluti
     hart_plan(pruner, arch.patch_nums, arch.depth)  # a method HART cannot run fails before anything loads
     pipe = load_hart_pipeline(model, weights, text_encoder, str(resolve_device(device)))
     if not pipe.trained:
-        err.print(f"[yellow]note:[/] model {model} is {pipe.status}: the image shows the architecture running, not a trained result")
+        err.print(note(f"model {model} is {pipe.status}: the image shows the architecture running, not a trained result"))
     run = pipe.generate([prompt], pruner, pipe.sampling(seed=seed, cfg=guidance))
     record = run.record | {"output": str(out_path)}
     save_image(out_path, run.images[0].numpy(), {"prompt": prompt, "seed": str(seed), "record": json.dumps(record, default=str)})
@@ -99,6 +116,58 @@ def _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resoluti
         print(json.dumps(record | {"sidecar": str(sidecar)}, default=str))
         return
     t = run.timings
-    out.print(f"wrote [bold]{out_path}[/] (1024x1024, {pruner.name}, seed {seed}, {run.token_passes} token passes) in "
-              f"{sum(t.values()):.2f}s (scale loop {t['transformer']:.2f}s, diffusion {t['diffusion']:.2f}s, "
-              f"decode {t['decode']:.2f}s); settings in {sidecar}")
+    out.print(plain(f"wrote {out_path} (1024x1024, {pruner.name}, seed {seed}, {run.token_passes} token passes) in "
+                    f"{sum(t.values()):.2f}s (scale loop {t['transformer']:.2f}s, diffusion {t['diffusion']:.2f}s, "
+                    f"decode {t['decode']:.2f}s); settings in {sidecar}"))
+
+
+def _generate_video(prompt, out_path, model, weights, vae, text_encoder, resolution, seed, cfg, tau,
+                    method, keep, keep_per_scale, first_scale, device, as_json, frames, duration) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from stepvar.devices import resolve_device
+    from stepvar.models.infinitystar import star_preset
+    from stepvar.text import check_prompts
+    from stepvar.video_pipeline import (check_video_output, frames_from_request, load_video_pipeline,
+                                        save_video_outputs)
+    from stepvar.video_sampling import StarSampling
+    from stepvar.video_schedules import RESOLUTIONS
+
+    def body():
+        # Everything is checked before any weights load or any compute runs.
+        check_prompts([prompt])
+        if method not in (None, "dense") or keep is not None or keep_per_scale or first_scale is not None:
+            raise StepvarError(f"{model}: pruning video models is not implemented yet; use --method dense")
+        preset = star_preset(model)
+        res = f"{resolution}p" if resolution is not None and f"{resolution}p" in preset.resolutions else (
+            str(resolution) if resolution is not None else preset.resolutions[0])
+        if res not in preset.resolutions:
+            raise StepvarError(f"{model} generates at {', '.join(preset.resolutions)} (--resolution "
+                               f"{', '.join(r.rstrip('p') for r in preset.resolutions)}); got {resolution}")
+        n_frames = frames_from_request(frames, duration, RESOLUTIONS[res].max_seconds)
+        check_video_output(out_path, n_frames)
+        sampling = StarSampling.from_options(cfg, tau, seed)
+        pipe = load_video_pipeline(model, weights, vae, text_encoder, res, str(resolve_device(device)), seed)
+        schedule = pipe.schedule(n_frames)
+        if not pipe.trained:
+            err.print(note(f"model {model} is {pipe.status}: the video shows the architecture running, not a trained result"))
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} passes"),
+                      TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+            task = bar.add_task(f"{model} {n_frames} frames", total=schedule.block_passes - 1)
+
+            def on_pass(scale, repeat, logits):
+                bar.update(task, advance=1, description=f"clip {scale.clip + 1}/{schedule.n_clips} scale {scale.rel + 1}/{schedule.scales_per_clip}")
+
+            result = pipe.generate(prompt, n_frames, sampling, on_pass=on_pass)
+        result.record["output"] = str(out_path)
+        written = save_video_outputs(out_path, result)
+        if as_json:
+            print(json.dumps(result.record | {k: str(v) for k, v in written.items()}, default=str))
+        else:
+            t = result.timings
+            h, w = result.frames.shape[1:3]
+            out.print(plain(f"wrote {out_path} ({result.frames.shape[0]} frames, {w}x{h}, seed {seed}) in "
+                            f"{sum(t.values()):.1f}s (transformer {t['sample']:.1f}s, decode {t['decode']:.1f}s); "
+                            f"settings in {written['sidecar']}"))
+
+    run_guarded(body)

@@ -60,6 +60,7 @@ def models(as_json: JsonOpt = False) -> None:
     """List the model presets and what each needs."""
     from stepvar.models.config import list_model_presets, load_model_preset
     from stepvar.models.config import DEFAULT_MODEL
+    from stepvar.models.infinitystar import star_preset_rows
 
     def body():
         rows = []
@@ -76,6 +77,7 @@ def models(as_json: JsonOpt = False) -> None:
                          "resolution_budget": "1024 (HART)", "vae": "HART tokenizer (tokenizer/ of the weights folder)",
                          "text_encoder": "qwen2" if hp.trained else "stand-in", "needs": hp.needs, "weights_file": None,
                          "vae_file": None, "embedded": False, "default": False, "description": hp.description})
+        rows += star_preset_rows()
         if as_json:
             print(json.dumps(rows))
             return

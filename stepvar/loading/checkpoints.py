@@ -23,6 +23,7 @@ from ..errors import CheckpointError
 from ..models.bsq_vae import BSQVAE, VAE_PRESETS, bit_weights, canonicalize_vae_keys, vae_preset_for_file
 from ..models.config import list_model_presets, load_model_preset
 from ..models.infinity import Infinity
+from ..models.infinitystar import STAR_PRESETS, InfinityStar, is_star_preset, star_preset
 from ..models.rope import Rope2D
 from .containers import CONTAINERS, INDEX_NAME, LoadedCheckpoint, _one_line, read_checkpoint, save_checkpoint
 
@@ -216,9 +217,8 @@ def check_vae_against(expected: Mapping[str, Shape], tensors: Mapping[str, torch
 @functools.lru_cache(maxsize=None)
 def preset_shapes(name: str) -> Mapping[str, Shape]:
     """Expected key -> shape of a model preset, from a model built on the meta device (no memory)."""
-    cfg = load_model_preset(name).arch
     with torch.device("meta"):
-        model = Infinity(cfg)
+        model = InfinityStar(star_preset(name)) if is_star_preset(name) else Infinity(load_model_preset(name).arch)
     return MappingProxyType({k: tuple(v.shape) for k, v in model.state_dict().items()})
 
 
@@ -233,7 +233,8 @@ def vae_shapes(name: str) -> Mapping[str, Shape]:
 def _presets_in_guess_order() -> tuple[str, ...]:
     # Released presets first: infinity-125m and infinity-layer12 have identical shapes, and a file of
     # that shape is far more likely the released 125M model.
-    return tuple(sorted(list_model_presets(), key=lambda n: (load_model_preset(n).weights_file is None, n)))
+    infinity = sorted(list_model_presets(), key=lambda n: (load_model_preset(n).weights_file is None, n))
+    return tuple(infinity) + tuple(STAR_PRESETS)
 
 
 def guess_preset(tensors: Mapping[str, torch.Tensor]) -> str | None:
@@ -333,7 +334,7 @@ def _mismatch_message(ckpt: LoadedCheckpoint, what: str, problems: list[KeyProbl
 
 
 def load_model_weights(
-    model: Infinity,
+    model: Infinity | InfinityStar,
     path_or_loaded: str | os.PathLike | LoadedCheckpoint,
     preset_name: str | None = None,
 ) -> LoadReport:
