@@ -46,6 +46,9 @@ class Pipeline:
     dtype: torch.dtype
     trained: bool
     sources: dict[str, str] = field(default_factory=dict)
+    # The budgets the weights were trained on (an embedded model's model.json says); None = not known
+    # (official weights, random weights), in which case every schedule is allowed.
+    budgets: tuple[str, ...] | None = None
 
     @property
     def codec(self) -> LatentCodec:
@@ -57,6 +60,15 @@ class Pipeline:
 
     def schedule(self, budget: str | None = None, template: float = 1.0) -> ScaleSchedule:
         return get_schedule(budget or self.preset.arch.default_budget, template, self.vae.cfg.token_stride)
+
+    def check_schedule(self, schedule: ScaleSchedule) -> None:
+        """Refuse a schedule the weights were not trained for: its untrained scales would draw noise."""
+        if self.budgets is None or schedule.budget in self.budgets:
+            return
+        sides = [str(get_schedule(b, 1.0, self.vae.cfg.token_stride).pixel_size[0]) for b in self.budgets]
+        raise ConfigError(f"{self.preset.name} was trained for {' and '.join(sides)} px only, not "
+                          f"{max(schedule.pixel_size)} px ({schedule.budget}; its untrained scales would draw noise): "
+                          f"use --resolution {' or '.join(sides)}")
 
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
@@ -70,6 +82,7 @@ class Pipeline:
         pruner = pruner or Dense()
         if schedule.token_stride != self.vae.cfg.token_stride:
             raise ConfigError(f"schedule token stride {schedule.token_stride} != VAE token stride {self.vae.cfg.token_stride}")
+        self.check_schedule(schedule)
         # 2. encode prompts
         t0 = time.perf_counter()
         text, mask = self.text_encoder.encode(prompts, self.device)
@@ -133,6 +146,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
+    budgets = None
     if preset.embedded:
         if vae is not None or text_encoder is not None:
             raise StepvarError(f"{preset.name} ships its weights inside the package; --vae/--text-encoder do not apply "
@@ -141,6 +155,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
         where = "embedded" if weights is None else f"export {weights}"
         sources["weights"] = f"{where} ({embedded_dir(preset).name}, {meta['trained_steps']} training steps)"
         trained = True
+        budgets = tuple(meta.get("budgets", [meta["budget"]]))  # exports before mixed resolutions: one budget
     elif weights is None:
         if vae is not None:
             raise StepvarError("--vae was given without --weights; give both, or neither for random weights")
@@ -172,7 +187,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
         enc.to(dev).eval()
     if dt != torch.float32:
         net.cast_blocks(dt)
-    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources)
+    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources, budgets)
 
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -206,7 +221,8 @@ def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = Non
     meta = embedded_meta(preset, directory)
     # A field the export's model.json predates counts at its default (e.g. abs_pos_grid 0).
     shipped, declared = asdict(InfinityConfig(**meta["arch"])), asdict(preset.arch)
-    diff = sorted(k for k in declared if k not in ("name", "description") and declared[k] != shipped[k])
+    # budget_embed may differ: an export trained at more resolutions than the preset declares adds it.
+    diff = sorted(k for k in declared if k not in ("name", "description", "budget_embed") and declared[k] != shipped[k])
     if diff:
         where = "embedded weights" if directory is None else f"the export in {directory}"
         raise StepvarError(f"{preset.name}: preset and {where} disagree on {', '.join(diff)}")

@@ -127,6 +127,7 @@ def generate(
         pruner = _pruner(method, keep, keep_per_scale, first_scale)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
         schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
+        pipe.check_schedule(schedule)
         sampling.validate(len(schedule))
         pruner.validate(schedule, len(pipe.model.blocks))
         if not pipe.trained:

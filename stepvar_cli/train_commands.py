@@ -87,6 +87,9 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                   form_weights: Annotated[Optional[str], typer.Option(help="With --latents: shares of the prompt forms single,count,relation, e.g. 0.15,0.3,0.55 (default: the pool's, a third each).")] = None,
                   layout: Annotated[Optional[str], typer.Option(help="Object placement of the scenes: free or slots (default: the pool's, else free).")] = None,
                   loss_weighting: Annotated[str, typer.Option(help="token: every token alike; scale: every scale alike (the coarse scales that decide layout and colour weigh as much as the fine ones).")] = "token",
+                  mix_latents: Annotated[Optional[Path], typer.Option(help="A second pool at another resolution (e.g. 512 px beside --latents' 256 px), trained in the same updates; the model learns which resolution a row is.")] = None,
+                  mix_batch: Annotated[int, typer.Option(help="Full rows per update from --mix-latents (with --batch, sets the ratio).")] = 0,
+                  mix_prefix_batch: Annotated[int, typer.Option(help="Prefix rows per update from --mix-latents.")] = 0,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", cpu_bf16: CpuBf16 = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -100,7 +103,9 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
                              latents=None if latents is None else str(latents),
-                             form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
+                             form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting,
+                             mix_latents=None if mix_latents is None else str(mix_latents), mix_batch=mix_batch,
+                             mix_prefix_batch=mix_prefix_batch)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
@@ -180,12 +185,14 @@ def eval_cmd(
     cfg: Annotated[Optional[str], typer.Option(help="CFG scale or per-scale list. [default: the model preset's]")] = None,
     tau: Annotated[Optional[str], typer.Option(help="Temperature or per-scale list. [default: the model preset's]")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the images and eval.json here.")] = None,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", "-r", help="Square resolution to generate at (default: the model's own).")] = None,
     device: Device = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Score images GenEval-style on the toy world: object, count, colour, position."""
     from stepvar.errors import StepvarError
     from stepvar.evaluate import evaluate_image_dir, evaluate_pipeline
+    from stepvar.schedules import schedule_for
     from stepvar.toy.evaluator import load_prompts
 
     from .app import _pruner, err, out, run_guarded, sampling_options
@@ -205,10 +212,13 @@ def eval_cmd(
             status = pipe.status
             if not pipe.trained:
                 err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")
+            sampling = sampling_options(model, cfg, tau, None, seed)
+            schedule = None if resolution is None else schedule_for(resolution, "1:1", pipe.vae.cfg.token_stride)
+            if schedule is not None:
+                pipe.check_schedule(schedule)  # before any directory is made
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
-            sampling = sampling_options(model, cfg, tau, None, seed)
-            report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir)
+            report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir, schedule=schedule)
         data = report.to_dict() | ({"model_status": status} if status else {})
         if as_json:
             print(json.dumps(data, default=str))
