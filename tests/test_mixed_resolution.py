@@ -129,9 +129,15 @@ def test_mixed_run_resumes_exactly_and_export_records_both_budgets(pools, tmp_pa
 
 
 def test_mixed_run_continues_from_weights_without_a_budget_embedding(pools, tmp_path):
-    train_transformer(tiny_gpt_cfg(latents=str(pools[0])), tmp_path / "one", steps=1, vae=tiny_vae())
+    one = train_transformer(tiny_gpt_cfg(latents=str(pools[0])), tmp_path / "one", steps=1, vae=tiny_vae())
     job = GPTJob(mixed_cfg(pools, init_from=str(tmp_path / "one")), tiny_vae())
     assert torch.equal(job.model.budget_embed, torch.zeros_like(job.model.budget_embed))
+    # The levels the 256 px weights never trained (scales 7-9 of the 512 schedule) start as a copy of level 6;
+    # the others are the source's.
+    source = torch.load(one.checkpoint, weights_only=True)["modules"]["transformer"]["lvl_embed.weight"]
+    got = job.model.lvl_embed.weight
+    assert torch.equal(got[:7], source[:7]) and torch.equal(got[10:], source[10:])
+    assert all(torch.equal(got[i], source[6]) for i in (7, 8, 9))
 
 
 def test_mix_pool_must_be_another_resolution(pools):

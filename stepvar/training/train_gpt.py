@@ -339,11 +339,14 @@ class GPTJob(Job):
         if (p / "model.json").is_file():
             model, _, text = load_embedded(p)
             states = model.state_dict(), text.state_dict()
-            self.prior_steps = int(json.loads((p / "model.json").read_text())["trained_steps"])
+            meta = json.loads((p / "model.json").read_text())
+            self.prior_steps = int(meta["trained_steps"])
+            trained = meta.get("budgets", [meta["budget"]])
         else:
             ckpt = read_training_checkpoint(p, "transformer", "init_from")
             states = ckpt["modules"]["transformer"], ckpt["modules"]["text_encoder"]
             self.prior_steps = ckpt["step"] + ckpt["config"].get("prior_steps", 0)
+            trained = ckpt["config"].get("budgets", [ckpt["config"]["budget"]])
         try:
             # Weights from before the position table or the budget embedding existed: they start at zero,
             # i.e. the same function.
@@ -355,6 +358,21 @@ class GPTJob(Job):
         if bad:
             raise ConfigError(f"init_from {p}: weights do not fit this architecture (missing or unexpected keys: "
                               f"{', '.join(bad[:5])})")
+        self._copy_untrained_levels(max(len(get_schedule(b)) for b in trained))
+
+    @torch.no_grad()
+    def _copy_untrained_levels(self, n_trained: int) -> None:
+        """Scales the init weights never trained start with the last trained scale's level embedding.
+
+        Their rows of lvl_embed are still the random init, which puts a 512 px run's new 20..32 grids
+        out of distribution; a copy of the finest trained level (the one that adds the last detail at
+        256 px) makes them refine from the start: before any 512 training the shipped model drew 3 of 4
+        prompts right at 512 px this way, 0 of 4 with the random rows (docs/model_card.md, stage 23).
+        """
+        n_run = max(len(sch) for sch in (self.schedule, self.mix_schedule) if sch is not None)
+        weight = self.model.lvl_embed.weight
+        for level in range(n_trained, n_run):
+            weight[level] = weight[n_trained - 1]
 
     def next_batch(self) -> GPTBatch:
         return self._draw(self.pool, self.pool_rows_by_form, self.schedule, self.cfg.batch_size, self.cfg.prefix_batch)
