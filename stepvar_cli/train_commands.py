@@ -54,9 +54,11 @@ def _log_printer(as_json: bool):
 
 @train_app.command("vae")
 def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
-                  init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights.")] = None,
+                  init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights, or an export's (e.g. stepvar/assets/toy).")] = None,
                   object_weight: Annotated[float, typer.Option(help="Extra reconstruction weight on object pixels (1 + this).")] = 0.0,
                   decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
+                  mix_image_size: Annotated[Optional[int], typer.Option(help="Also crop scenes rendered at this size (e.g. 512), --mix-batch of them per update.")] = None,
+                  mix_batch: Annotated[int, typer.Option(help="Crops per update from --mix-image-size scenes.")] = 0,
                   lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
                   device: Device = "auto", cpu_bf16: CpuBf16 = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -68,7 +70,7 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
     def body():
         cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
-                             object_weight=object_weight)
+                             object_weight=object_weight, mix_image_size=mix_image_size, mix_batch=mix_batch)
         cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
         out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None

@@ -191,3 +191,42 @@ def test_exports_without_budgets_count_as_trained_for_their_one_budget(export_25
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "model.json").write_text(json.dumps(meta))
     assert load_pipeline("toy", weights=tmp_path, device="cpu").budgets == ("0.06M",)
+
+
+# ----------------------------------------------------------------------------- the decoder at two sizes
+
+
+def test_vae_batches_mix_crops_of_two_render_sizes():
+    from stepvar.training.data import random_crops, sample_pairs_with_masks
+    from stepvar.training.train_vae import VAEJob
+
+    from test_training import tiny_vae_cfg
+
+    job = VAEJob(tiny_vae_cfg(batch_size=2, mix_image_size=128, mix_batch=1, object_weight=2.0))
+    rng = np.random.default_rng()
+    rng.bit_generator.state = job.rngs.data.bit_generator.state
+    img, weight = job.next_batch()
+    assert img.shape == (3, 3, 32, 32) and weight.shape == (3, 1, 32, 32)
+    # the same draws, in order: two 64 px scenes and their crops, then one 128 px scene and its crop
+    crops = []
+    for n, size in ((2, 64), (1, 128)):
+        _, images, masks = sample_pairs_with_masks(rng, n, size)
+        crops.append(random_crops(np.concatenate([images, masks[..., None].astype(np.uint8)], -1), 32, rng))
+    want = np.concatenate(crops)
+    assert torch.equal(img, torch.from_numpy(want[..., :3]).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    with pytest.raises(ConfigError, match="go together"):
+        tiny_vae_cfg(mix_image_size=128)
+
+
+def test_decoder_only_finetune_can_start_from_an_export(tmp_path):
+    from stepvar.training import load_embedded, train_vae
+    from stepvar.training.train_vae import VAEJob
+
+    from test_training import tiny_vae_cfg
+
+    train_vae(tiny_vae_cfg(), tmp_path / "vae", steps=1)
+    train_transformer(tiny_gpt_cfg(), tmp_path / "gpt", steps=1, vae=tmp_path / "vae")
+    export = export_embedded(tmp_path / "gpt", tmp_path / "export")
+    job = VAEJob(tiny_vae_cfg(init_from=str(export), decoder_only=True))
+    shipped = load_embedded(export)[1].state_dict()
+    assert all(torch.equal(v, shipped[k]) for k, v in job.vae.state_dict().items())

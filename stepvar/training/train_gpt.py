@@ -45,7 +45,7 @@ from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, 
 from .data import sample_pairs, to_model_images
 from .latent_pool import LatentPool, load_latent_pool
 from .teacher_forcing import flat_bits, forward_teacher_forced, multiscale_targets, teacher_forced_inputs
-from .train_vae import load_trained_vae
+from .train_vae import load_trained_vae, load_vae_source
 
 
 def toy_arch() -> InfinityConfig:
@@ -367,7 +367,7 @@ class GPTJob(Job):
         Their rows of lvl_embed are still the random init, which puts a 512 px run's new 20..32 grids
         out of distribution; a copy of the finest trained level (the one that adds the last detail at
         256 px) makes them refine from the start: before any 512 training the shipped model drew 3 of 4
-        prompts right at 512 px this way, 0 of 4 with the random rows (docs/model_card.md, stage 23).
+        prompts right at 512 px this way, 0 of 4 with the random rows (docs/model_card.md, stage 22).
         """
         n_run = max(len(sch) for sch in (self.schedule, self.mix_schedule) if sch is not None)
         weight = self.model.lvl_embed.weight
@@ -429,11 +429,7 @@ class GPTJob(Job):
 
 def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
     """A BSQVAE, an export directory's VAE, or a VAE training run's."""
-    if isinstance(vae, BSQVAE):
-        return vae
-    if (Path(vae) / "model.json").is_file():
-        return load_embedded(vae)[1]
-    return load_trained_vae(vae)
+    return vae if isinstance(vae, BSQVAE) else load_vae_source(vae)
 
 
 def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps: int,
