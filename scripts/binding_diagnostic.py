@@ -17,7 +17,8 @@ import json
 import numpy as np
 import torch
 
-from stepvar.pipeline import embedded_meta, load_pipeline
+from stepvar.loading.embedded import embedded_meta
+from stepvar.pipeline import load_pipeline
 from stepvar.sampling import SamplingConfig
 from stepvar.toy.evaluator import load_prompts, score
 from stepvar.toy.grammar import parse

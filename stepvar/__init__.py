@@ -13,3 +13,16 @@ e.g. x_BLC is a dense hidden state, x_BlC a pruned one, idx_Bl the kept position
 """
 
 __version__ = "0.1.0"
+
+# The public entry points, imported on first use so that `import stepvar` stays light.
+_LAZY = {"load_pipeline": "stepvar.pipeline", "Pipeline": "stepvar.pipeline", "make_pruner": "stepvar.pruning.registry",
+         "register_method": "stepvar.pruning.registry", "SamplingConfig": "stepvar.sampling"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stepvar' has no attribute {name!r}")

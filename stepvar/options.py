@@ -1,9 +1,8 @@
-"""Parsing of the option values the CLI and the Python API share (lists, per-scale tables)."""
+"""Parsing of option text the CLI and scripts share (number lists, per-scale keep tables)."""
 
 from __future__ import annotations
 
 from .errors import ConfigError
-from .schedules import ScaleSchedule, parse_size, schedule_for, schedule_for_size
 
 
 def parse_float_list(text: str | float | None, name: str) -> float | list[float] | None:
@@ -40,21 +39,3 @@ def parse_int_list(text: str | None, name: str) -> list[int] | None:
         return [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--{name} must be a comma list of integers, got {text!r}") from None
-
-
-def choose_schedule(resolution: int | None, aspect: str | None, size: str | None, default_budget: str,
-                    token_stride: int = 16) -> ScaleSchedule:
-    """--size WxH wins; else --resolution (+ --aspect); else the model's own budget at --aspect."""
-    from .schedules import RESOLUTIONS, get_schedule, nearest_template, parse_aspect
-
-    if size is not None:
-        if resolution is not None:
-            raise ConfigError("give either --size or --resolution, not both")
-        w, h = parse_size(size)
-        return schedule_for_size(w, h, token_stride)
-    if resolution is None:
-        budget_res = {v: k for k, v in RESOLUTIONS.items()}
-        if default_budget not in budget_res:
-            raise ConfigError(f"unknown default budget {default_budget}")
-        return get_schedule(default_budget, nearest_template(parse_aspect(aspect or "1:1")), token_stride)
-    return schedule_for(resolution, aspect or "1:1", token_stride)

@@ -17,15 +17,16 @@ import torch
 from . import __version__
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, StepvarError
+from .loading.embedded import embedded_dir, load_embedded_preset
 from .models.bsq_vae import VAE_PRESETS, BSQVAE
-from .models.config import InfinityConfig, ModelPreset, load_model_preset
+from .models.config import DEFAULT_MODEL, ModelPreset, load_model_preset  # noqa: F401  (DEFAULT_MODEL: part of this API)
 from .models.infinity import Infinity
 from .pruning.base import Dense, Pruner
 from .sampling import LatentCodec, SampleOutput, SamplingConfig, sample, to_uint8
-from .schedules import ScaleSchedule, get_schedule
+from . import schedules
+from .schedules import ScaleSchedule
 from .text import HashTextEncoder, T5TextEncoder, TextEncoder, check_prompts
 
-DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
 
 
 @dataclass
@@ -58,14 +59,20 @@ class Pipeline:
     def status(self) -> str:
         return "trained" if self.trained else "untrained (random weights)"
 
-    def schedule(self, budget: str | None = None, template: float = 1.0) -> ScaleSchedule:
-        return get_schedule(budget or self.preset.arch.default_budget, template, self.vae.cfg.token_stride)
+    def schedule(self, budget: str | None = None, aspect: str | float | None = None, *, resolution: int | None = None,
+                 size: str | tuple[int, int] | None = None) -> ScaleSchedule:
+        """stepvar.schedules.schedule for this model: its VAE's token stride, and its own pixel budget
+        when no budget, resolution or size is given."""
+        if budget is None and resolution is None and size is None:
+            budget = self.preset.arch.default_budget
+        return schedules.schedule(budget, aspect, resolution=resolution, size=size,
+                                  token_stride=self.vae.cfg.token_stride)
 
     def check_schedule(self, schedule: ScaleSchedule) -> None:
         """Refuse a schedule the weights were not trained for: its untrained scales would draw noise."""
         if self.budgets is None or schedule.budget in self.budgets:
             return
-        sides = [str(get_schedule(b, 1.0, self.vae.cfg.token_stride).pixel_size[0]) for b in self.budgets]
+        sides = [str(schedules.get_schedule(b, 1.0, self.vae.cfg.token_stride).pixel_size[0]) for b in self.budgets]
         raise ConfigError(f"{self.preset.name} was trained for {' and '.join(sides)} px only, not "
                           f"{max(schedule.pixel_size)} px ({schedule.budget}; its untrained scales would draw noise): "
                           f"use --resolution {' or '.join(sides)}")
@@ -142,7 +149,7 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
     --text-encoder pointing at local files.
     """
-    preset = load_model_preset(model or DEFAULT_MODEL)
+    preset = load_model_preset(model)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
@@ -188,45 +195,6 @@ def load_pipeline(model: str | None = None, weights: str | Path | None = None, v
     if dt != torch.float32:
         net.cast_blocks(dt)
     return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources, budgets)
-
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-
-
-def embedded_dir(preset: ModelPreset) -> Path:
-    """Where an embedded preset's exported weights live inside the installed package."""
-    return ASSETS / preset.name
-
-
-def embedded_meta(preset: ModelPreset, directory: str | Path | None = None) -> dict:
-    import json
-
-    path = Path(directory or embedded_dir(preset)) / "model.json"
-    try:
-        return json.loads(path.read_text())
-    except OSError:
-        if directory is not None:
-            raise StepvarError(f"{directory}: not an export of {preset.name} (no model.json; "
-                               "make one with `stepvar train export`)") from None
-        raise StepvarError(f"{preset.name}: its embedded weights are missing ({path}); reinstall stepvar") from None
-
-
-def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = None):
-    """(Infinity, BSQVAE, text encoder, model.json) from the package's assets, or from another export
-    of the same model (`directory`, e.g. a continued training run); the preset's arch must match."""
-    from dataclasses import asdict
-
-    from .training.train_gpt import load_embedded
-
-    meta = embedded_meta(preset, directory)
-    # A field the export's model.json predates counts at its default (e.g. abs_pos_grid 0).
-    shipped, declared = asdict(InfinityConfig(**meta["arch"])), asdict(preset.arch)
-    # budget_embed may differ: an export trained at more resolutions than the preset declares adds it.
-    diff = sorted(k for k in declared if k not in ("name", "description", "budget_embed") and declared[k] != shipped[k])
-    if diff:
-        where = "embedded weights" if directory is None else f"the export in {directory}"
-        raise StepvarError(f"{preset.name}: preset and {where} disagree on {', '.join(diff)}")
-    return (*load_embedded(directory or embedded_dir(preset)), meta)
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

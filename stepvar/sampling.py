@@ -1,4 +1,4 @@
-"""The next-scale sampling loop (spec §9), with a pruner in charge of each scale's blocks.
+"""The next-scale sampling loop, with a pruner in charge of each scale's blocks.
 
 Phases per scale: level embedding -> blocks (the pruner) -> head -> CFG mix -> bit
 sampling -> accumulate codes -> next scale's input. Every method consumes the sampler RNG
@@ -42,6 +42,14 @@ class SamplingConfig:
         base = cls(**preset_sampling)
         return cls(cfg=base.cfg if cfg is None else cfg, tau=base.tau if tau is None else tau,
                    top_p=base.top_p if top_p is None else top_p, seed=seed)
+
+    @classmethod
+    def for_preset(cls, model: str | None = None, cfg=None, tau=None, top_p: float | None = None,
+                   seed: int | None = 0) -> "SamplingConfig":
+        """for_model with the named model preset's sampling defaults (None: the default model)."""
+        from .models.config import load_model_preset
+
+        return cls.for_model(load_model_preset(model).sampling, cfg, tau, top_p, seed)
 
     def per_scale(self, name: str, n: int) -> list[float]:
         value = getattr(self, name)
@@ -207,7 +215,7 @@ def sample(
             h_BLC = pruner.run_scale(run)
             logits = model.logits(h_BLC, cond.cond_BD) / taus[si]
             if use_cfg:
-                logits = cfgs[si] * logits[:B] + (1 - cfgs[si]) * logits[B:]
+                logits = model.guide(logits[:B], logits[B:], cfgs[si])
             bits = sample_bits(logits, sampling.top_p, generators).view(B, scale.h, scale.w, -1)
             if forced_bits is not None and si < len(forced_bits):
                 bits = forced_bits[si].to(bits)

@@ -14,7 +14,7 @@ import torch
 
 from .errors import ConfigError
 
-# The 13-scale "1M" lists of the official release, keyed by template h/w (spec §6).
+# The 13-scale "1M" lists of the official release, keyed by template h/w.
 # Inverse templates swap h and w and are derived below.
 _BASE_1M: dict[float, tuple[tuple[int, int], ...]] = {
     1.000: ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)),
@@ -27,7 +27,7 @@ _BASE_1M: dict[float, tuple[tuple[int, int], ...]] = {
     3.000: ((1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12), (45, 15), (54, 18), (72, 24), (90, 30), (111, 37)),
 }
 
-# FastVAR's zero-shot 2K scale, appended to the 1M list (spec §11). Only these
+# FastVAR's zero-shot 2K scale, appended to the 1M list. Only these
 # templates have a published extra scale.
 _EXTENSION_2K: dict[float, tuple[int, int]] = {
     1.000: (84, 84),
@@ -180,6 +180,22 @@ class ScaleSchedule:
         }
 
 
+def resolution_for_budget(budget: str) -> int:
+    """The nominal resolution of a pixel budget ("0.06M" -> 256): a model's own resolution."""
+    for resolution, name in RESOLUTIONS.items():
+        if name == budget:
+            return resolution
+    raise ConfigError(f"unknown pixel budget {budget!r}; known: {', '.join(RESOLUTIONS.values())}")
+
+
+def check_resolutions(values: list[int]) -> list[int]:
+    """Distinct resolutions in order; each must have a schedule."""
+    bad = [v for v in values if v not in RESOLUTIONS]
+    if not values or bad:
+        raise ConfigError(f"resolution must be one or more of {', '.join(map(str, RESOLUTIONS))}, got {values}")
+    return list(dict.fromkeys(values))
+
+
 def get_schedule(budget: str = "1M", template: float = 1.0, token_stride: int = 16) -> ScaleSchedule:
     """The official schedule for a budget ('0.06M', '0.25M', '0.60M', '1M', '2K') and template."""
     if template not in TEMPLATES_1M:
@@ -233,3 +249,25 @@ def parse_size(text: str) -> tuple[int, int]:
         return w, h
     except ValueError:
         raise ConfigError(f"--size must look like WIDTHxHEIGHT (e.g. 1024x768), got {text!r}") from None
+
+
+def schedule(budget: str | None = None, aspect: str | float | None = None, *, resolution: int | None = None,
+             size: str | tuple[int, int] | None = None, token_stride: int = 16) -> ScaleSchedule:
+    """The one way to ask for a schedule.
+
+    Give at most one of: a pixel budget ('0.06M', '0.25M', '0.60M', '1M', '2K'), a nominal
+    resolution (256, 512, 768, 1024, 2048) or a pixel size ('WxH' or (width, height), snapped to
+    the nearest schedule, whose own shape then overrides aspect). aspect (W:H text or an h/w
+    number) snaps to the nearest template; with none of the three, the budget is '1M'.
+    get_schedule, schedule_for and schedule_for_size are its building blocks.
+    """
+    given = [name for name, v in (("budget", budget), ("resolution", resolution), ("size", size)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of budget, resolution and size, not {' and '.join(given)}")
+    if size is not None:
+        w, h = parse_size(size) if isinstance(size, str) else size
+        return schedule_for_size(w, h, token_stride)
+    if resolution is not None:
+        return schedule_for(resolution, "1:1" if aspect is None else aspect, token_stride)
+    return get_schedule(budget or "1M", nearest_template(parse_aspect("1:1" if aspect is None else aspect)),
+                        token_stride)

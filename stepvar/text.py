@@ -1,7 +1,7 @@
 """Text encoders: turn prompts into padded features plus a validity mask.
 
 The model never sees padding as content: the mask drives the pooling and cross-attention,
-which equals the official varlen computation (spec §5.1) with per-sample masks.
+which equals the official varlen computation with per-sample masks.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class HashTextEncoder:
 
 
 class T5TextEncoder:
-    """flan-t5-xl's encoder from a local directory (spec §5.1), through transformers.
+    """flan-t5-xl's encoder from a local directory, through transformers.
 
     Tokenised to at most 512 tokens; only real tokens are kept (masked), as in the
     official compact varlen layout.

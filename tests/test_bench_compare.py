@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import stepvar.bench as bench_mod
-from stepvar.bench import ROW_FIELDS, ROW_REQUIRED, expand_configs, validate_rows
+import stepvar.eval.bench as bench_mod
+from stepvar.eval.bench import ROW_FIELDS, ROW_REQUIRED, expand_configs, validate_rows
 from stepvar.errors import ConfigError
-from stepvar.flops import plan_flops, result_flops, rows_per_scale
-from stepvar.metrics import latent_cosine, paired_fidelity, psnr, ssim, token_agreement
+from stepvar.eval.flops import plan_flops, result_flops, rows_per_scale
+from stepvar.eval.metrics import latent_cosine, paired_fidelity, psnr, ssim, token_agreement
 from stepvar.pruning.registry import make_pruner
 from stepvar.sampling import SamplingConfig
 from stepvar.schedules import schedule_for
@@ -91,7 +91,7 @@ def test_bench_report_follows_documented_schema(tmp_path):
 
 
 def _failing_run_once(fail_when):
-    real = bench_mod._run_once
+    real = bench_mod.run_once
 
     def fake(pipeline, prompts, schedule, pruner, sampling):
         exc = fail_when(schedule, pruner)
@@ -103,7 +103,7 @@ def _failing_run_once(fail_when):
 
 
 def test_failed_configuration_is_reported_others_kept_exit_3(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_mod, "_run_once", _failing_run_once(
+    monkeypatch.setattr(bench_mod, "run_once", _failing_run_once(
         lambda sched, pruner: RuntimeError("boom\nsecond line") if pruner.name == "stepvar" else None))
     r = run(*bench_args(tmp_path))
     assert r.exit_code == 3, r.output
@@ -117,7 +117,7 @@ def test_failed_configuration_is_reported_others_kept_exit_3(tmp_path, monkeypat
 
 def test_interrupt_keeps_rows_already_measured(tmp_path, monkeypatch):
     # 256 finishes; at 512 dense runs, then Ctrl-C arrives in the next configuration.
-    monkeypatch.setattr(bench_mod, "_run_once", _failing_run_once(
+    monkeypatch.setattr(bench_mod, "run_once", _failing_run_once(
         lambda sched, pruner: KeyboardInterrupt() if sched.pixel_size == (512, 512) and pruner.name != "dense" else None))
     r = run("bench", *TINY, "--resolution", "256,512", "--methods", "dense,stepvar", "--keep", "0.5",
             "--repeats", "1", "--warmup", "0", "--out", tmp_path)
@@ -303,7 +303,7 @@ def test_paired_fidelity_of_identical_runs(tiny_pipe):
 
 
 def test_paired_difference_brute_force():
-    from stepvar.paired import paired_comparisons, paired_difference
+    from stepvar.eval.paired import paired_comparisons, paired_difference
 
     def row(label, i, psnr, keep=0.4, status="ok", method="m"):
         return {"label": label, "prompt_index": i, "psnr_db": psnr, "ssim": None, "score": None, "keep": keep,

@@ -30,7 +30,7 @@ def _meta_vae(preset: str) -> BSQVAE:
 
 
 def _expected_keys(ch_mult, n_res=2):
-    """The official key set, written out independently from the module code (spec §7.2, §7.3, §7.5)."""
+    """The official key set, written out independently from the module code."""
     base = 128
     keys = set()
 

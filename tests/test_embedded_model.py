@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from stepvar.models.config import load_model_preset
-from stepvar.pipeline import DEFAULT_MODEL, embedded_dir, load_pipeline
+from stepvar.loading.embedded import embedded_dir
+from stepvar.pipeline import DEFAULT_MODEL, load_pipeline
 from stepvar.pruning.registry import make_pruner
 from stepvar.sampling import SamplingConfig
 from stepvar.toy.evaluator import score

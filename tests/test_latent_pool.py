@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from stepvar.errors import CheckpointError, ConfigError
 from stepvar.models.config import load_model_preset
-from stepvar.pipeline import embedded_dir
+from stepvar.loading.embedded import embedded_dir
 from stepvar.training import train_transformer, train_vae
 from stepvar.training.data import sample_pairs, to_model_images
 from stepvar.training.latent_pool import build_latent_pool, load_latent_pool, save_latent_pool
@@ -53,6 +53,7 @@ def test_training_batches_come_from_the_pool(pool_file):
     assert batch.ids_BT.shape[0] == 3
 
 
+@pytest.mark.slow  # trains
 def test_pool_training_resumes_exactly(pool_file, tmp_path):
     cfg = tiny_gpt_cfg(latents=str(pool_file), cfg_dropout=0.5)
     full = train_transformer(cfg, tmp_path / "full", steps=3, vae=tiny_vae())
@@ -74,6 +75,7 @@ def test_pool_of_another_encoder_or_size_is_refused(pool_file, tmp_path):
         load_latent_pool(bad)
 
 
+@pytest.mark.slow  # trains
 def test_train_latents_cli(tmp_path):
     train_vae(tiny_vae_cfg(), tmp_path / "vae", steps=1)
     out = tmp_path / "p.safetensors"

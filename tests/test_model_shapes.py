@@ -8,7 +8,7 @@ from stepvar.models.infinity import Infinity, count_parameters
 
 
 def spec_shapes(depth, C, H, F, d, chunks, Ct=2048, maxlen=512, pool_heads=16):
-    """The key table of spec §4, written out independently of the model code."""
+    """The official key table, written out independently of the model code."""
     D = C
     out = {
         "cfg_uncond": (maxlen, Ct),
@@ -85,7 +85,7 @@ def test_parameter_counts_in_billions():
 
 
 def test_layer_configs_ffn_rounding():
-    # round-half-to-even: 4*2080/256 = 32.5 -> 32, 4*3360/256 = 52.5 -> 52 (spec §1)
+    # round-half-to-even: 4*2080/256 = 32.5 -> 32, 4*3360/256 = 52.5 -> 52
     assert load_model_preset("infinity-layer32").arch.ffn_hidden == 8192
     assert load_model_preset("infinity-layer48").arch.ffn_hidden == 13312
     assert load_model_preset("infinity-layer24").arch.head_dim == 96

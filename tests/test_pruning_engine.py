@@ -54,8 +54,8 @@ def test_fastvar_release_counts_at_1024():
     sched = get_schedule("1M", 1.0)
     fv = make_pruner("fastvar")
     fv.begin(sched, 32)
-    assert fv.plan.keep == {9: 0.6, 10: 0.5}
-    assert (fv.plan.first_layer, fv.plan.end_layer) == (3, 28)
+    assert fv.active_plan.keep == {9: 0.6, 10: 0.5}
+    assert fv.active_plan.layers == (3, 28)
     assert fv.cache_si == 8 and not fv.skips(11)
     from stepvar.pruning.scores import keep_count
 
@@ -131,8 +131,8 @@ def test_method_variant_specs():
     assert split_method_list("dense, stepvar:scales=[5,6]:norm=rank,fastvar") == [
         "dense", "stepvar:scales=[5,6]:norm=rank", "fastvar"]
     p = make_pruner_from_spec("stepvar:norm=rank:w_str=2", keep=0.3)
-    assert (p.cfg.norm, p.cfg.w_str, p.cfg.keep) == ("rank", 2, 0.3)
-    assert make_pruner_from_spec("stepvar:keep=0.5", keep=0.3).cfg.keep == 0.5
+    assert (p.config.norm, p.config.w_str, p.config.keep) == ("rank", 2, 0.3)
+    assert make_pruner_from_spec("stepvar:keep=0.5", keep=0.3).config.keep == 0.5
     for bad in ("stepvar:norm", "nope:x=1", "stepvar:colour=red"):
         with pytest.raises(ConfigError):
             make_pruner_from_spec(bad)

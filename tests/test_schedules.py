@@ -1,11 +1,10 @@
 import pytest
 
 from stepvar.errors import ConfigError
-from stepvar.options import choose_schedule
-from stepvar.schedules import (TEMPLATE_ORDER, get_schedule, nearest_template, parse_aspect, schedule_for,
+from stepvar.schedules import (TEMPLATE_ORDER, get_schedule, nearest_template, parse_aspect, schedule, schedule_for,
                                schedule_for_size)
 
-# spec §6: tokens per template and budget (0.06M, 0.25M, 0.60M, 1M); inverses share them
+# tokens per template and budget (0.06M, 0.25M, 0.60M, 1M); inverses share them
 TOKENS = {
     1.0: (521, 2521, 6425, 10521), 1.25: (614, 2814, 6854, 10774), 1.333: (665, 2657, 7085, 10973),
     1.5: (533, 2759, 6941, 10997), 1.75: (472, 2628, 7220, 11252), 2.0: (451, 2681, 7219, 11269),
@@ -66,7 +65,12 @@ def test_aspect_and_size_snapping():
     s = schedule_for_size(1000, 1000)
     assert s.pixel_size == (1024, 1024)
     assert schedule_for_size(256, 256).budget == "0.06M"
-    assert choose_schedule(None, None, None, "0.06M").total_tokens == 521
+    assert schedule("0.06M").total_tokens == 521
+    assert schedule(resolution=512, aspect="16:9") == schedule_for(512, "16:9")
+    assert schedule(size="1000x1000") == schedule_for_size(1000, 1000)
+    assert schedule() == get_schedule("1M")
+    with pytest.raises(ConfigError, match="resolution and size"):
+        schedule(resolution=256, size="256x256")
     for bad in ("0:1", "abc", "-1"):
         with pytest.raises(ConfigError):
             parse_aspect(bad)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from stepvar.io import save_image
@@ -40,6 +41,7 @@ def test_eval_rejects_words_outside_the_grammar(tmp_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1
 
 
+@pytest.mark.slow  # trains
 def test_train_vae_smoke_and_resume(tmp_path):
     out = tmp_path / "vae"
     r = runner.invoke(app, ["train", "vae", "--out", str(out), "--steps", "1", "--batch", "2", "--device", "cpu", "--json"])

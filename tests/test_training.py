@@ -118,6 +118,7 @@ def test_toy_text_encoder_protocol():
 # ------------------------------------------------------------------------------------------ learning
 
 
+@pytest.mark.slow  # trains
 def test_transformer_overfits_one_batch():
     job = GPTJob(tiny_gpt_cfg(cfg_dropout=0.0), tiny_vae())
     batch = job.next_batch()
@@ -163,6 +164,7 @@ def test_prefix_rows_equal_the_full_forward_on_their_first_scales():
     torch.testing.assert_close(mixed, num / den, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # trains
 def test_vae_overfits_one_batch():
     job = VAEJob(tiny_vae_cfg())
     batch = job.next_batch()
@@ -179,6 +181,7 @@ def test_lr_schedule():
 # ------------------------------------------------------------------------------------------ reproducibility
 
 
+@pytest.mark.slow  # trains
 def test_same_seed_same_losses(tmp_path):
     a = train_vae(tiny_vae_cfg(seed=3), tmp_path / "a", steps=2)
     b = train_vae(tiny_vae_cfg(seed=3), tmp_path / "b", steps=2)
@@ -188,6 +191,7 @@ def test_same_seed_same_losses(tmp_path):
     assert [r["step"] for r in log] == [1, 2] and {"loss", "seconds", "elapsed"} <= set(log[0])
 
 
+@pytest.mark.slow  # trains
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     # Self-correction and CFG dropout on, so every random stream is exercised.
     cfg = tiny_gpt_cfg(self_correction=0.2, cfg_dropout=0.5)
@@ -201,6 +205,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert log == [1, 2, 3]
 
 
+@pytest.mark.slow  # trains
 def test_resume_guards(tmp_path):
     train_vae(tiny_vae_cfg(), tmp_path, steps=1)
     with pytest.raises(StepvarError, match="already holds"):
@@ -210,6 +215,7 @@ def test_resume_guards(tmp_path):
     assert train_vae(tiny_vae_cfg(log_every=5), tmp_path, steps=2, resume=True).step == 2
 
 
+@pytest.mark.slow  # trains
 def test_export_and_load_embedded(tmp_path):
     train_transformer(tiny_gpt_cfg(), tmp_path / "run", steps=1, vae=tiny_vae())
     out = export_embedded(tmp_path / "run", tmp_path / "export")
@@ -233,6 +239,7 @@ def test_export_and_load_embedded(tmp_path):
     assert text.tokenize(["a red circle below a blue square"]).tolist() == [grammar.tokenize("a blue square above a red circle")]
 
 
+@pytest.mark.slow  # trains
 def test_decoder_only_finetune_keeps_the_encoder_and_replaces_the_shipped_decoder(tmp_path):
     train_vae(tiny_vae_cfg(), tmp_path / "vae", steps=1)
     train_transformer(tiny_gpt_cfg(), tmp_path / "gpt", steps=1, vae=tmp_path / "vae")
@@ -268,6 +275,7 @@ def test_object_weighted_vae_loss():
     torch.testing.assert_close(plain, ones)
 
 
+@pytest.mark.slow  # trains
 def test_transformer_continues_from_an_export(tmp_path):
     train_transformer(tiny_gpt_cfg(), tmp_path / "run", steps=1, vae=tiny_vae())
     out = export_embedded(tmp_path / "run", tmp_path / "export")
@@ -276,9 +284,9 @@ def test_transformer_continues_from_an_export(tmp_path):
     for k, v in shipped.state_dict().items():
         assert torch.equal(job.model.state_dict()[k], v), k
     assert all(torch.equal(job.text_encoder.state_dict()[k], v) for k, v in text.state_dict().items())
-    from stepvar.training.train_gpt import _as_vae
+    from stepvar.training.train_gpt import as_vae
 
-    vae_sd = _as_vae(out).state_dict()  # `train gpt --vae EXPORT_DIR` freezes the shipped VAE
+    vae_sd = as_vae(out).state_dict()  # `train gpt --vae EXPORT_DIR` freezes the shipped VAE
     assert all(torch.equal(vae_sd[k], v) for k, v in load_embedded(out)[1].state_dict().items())
     with pytest.raises(ConfigError, match="do not fit"):
         GPTJob(tiny_gpt_cfg(init_from=str(out), arch=InfinityConfig(**{**tiny_arch().__dict__, "depth": 4, "block_chunks": 1})),
@@ -308,6 +316,7 @@ def test_position_table_is_pooled_to_each_grid():
     assert model.position_table(8, 6).shape == (48, table.shape[0])  # above the table's size: resized
 
 
+@pytest.mark.slow  # trains
 def test_position_table_learns_at_a_multiple_of_the_lr():
     from stepvar.training.common import FAST_LR_SCALE, clip_and_step, make_optimizer
 
@@ -332,6 +341,7 @@ def test_cpu_bf16_is_refused_without_native_bf16(monkeypatch):
     GPTJob(tiny_gpt_cfg(), tiny_vae())  # fp32 is always fine
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
 def test_cpu_bf16_loss_tracks_fp32():
     """Same weights, same batch: under bf16 autocast the loss moves (bf16 is really used) but only by rounding."""

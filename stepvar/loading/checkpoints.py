@@ -1,4 +1,4 @@
-"""Checking, identifying and loading Infinity and VAE weights (spec §2, §4, §7.5).
+"""Checking, identifying and loading Infinity and VAE weights.
 
 Read top to bottom: the strict key/shape check with the few tolerances the official loader implies,
 preset guessing (for error messages and `inspect`), and loading into a model. Loading assigns the
@@ -34,7 +34,7 @@ __all__ = [
 
 VAE_MASK_KEY = "quantizer.lfq.mask"
 
-# Buffers the official loader deletes before loading (spec §2): never part of the architecture.
+# Buffers the official loader deletes before loading: never part of the architecture.
 OFFICIAL_DROPPED = frozenset({"lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"})
 # Persistent (always-zero) buffers in the official model, non-persistent here: a file may or may not hold them.
 OPTIONAL_BUFFERS = frozenset({"zero_k_bias"})

@@ -1,4 +1,4 @@
-"""The official checkpoint containers (spec §3): reading them lazily, writing them atomically.
+"""The official checkpoint containers: reading them lazily, writing them atomically.
 
 | container | on disk |
 |---|---|
@@ -66,7 +66,7 @@ class LoadedCheckpoint:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading the official containers (spec §3)
+# Reading the official containers
 # --------------------------------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -1,6 +1,6 @@
 """Infinity's transformer block, split into its three residual branches.
 
-A block is x + SA(...) + CA(...) + FFN(...) (spec §5.2). Each branch is a public method
+A block is x + SA(...) + CA(...) + FFN(...). Each branch is a public method
 returning its gated residual update, so a pruning method can run any branch on a subset
 of tokens: the tokens carry their own RoPE coordinates, and only the tokens a branch sees
 enter the self-attention KV cache.
@@ -160,7 +160,7 @@ class FFN(nn.Module):
 
 
 class CrossAttnBlock(nn.Module):
-    """One Infinity block. Key names match the official state dict (spec §4.2)."""
+    """One Infinity block. Key names match the official state dict."""
 
     def __init__(self, width: int, cond_width: int, heads: int, ffn_hidden: int):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The BSQ VAE of Infinity (spec §7, §10): a FLUX-style conv autoencoder plus a binary quantizer.
+"""The BSQ VAE of Infinity: a FLUX-style conv autoencoder plus a binary quantizer.
 
 Read top to bottom: config and presets, the small blocks (conv/norm wrappers, ResBlock, resamplers),
 encoder and decoder, the quantizer math (pure functions), patchify helpers, the checkpoint key mapping,
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stepvar.errors import CheckpointError, ConfigError, StepvarError
+from stepvar.preset_registry import load_preset, preset_names
 
 # The official model uses eps 1e-6 in every GroupNorm, not PyTorch's default 1e-5.
 _NORM_EPS = 1e-6
@@ -72,20 +73,20 @@ class VAEConfig:
         return 2 * self.stride if self.patchify else self.stride
 
 
-VAE_PRESETS: dict[str, VAEConfig] = {
-    "d16": VAEConfig(codebook_dim=16),
-    "d24": VAEConfig(codebook_dim=24),
-    "d32": VAEConfig(codebook_dim=32),
-    "d64": VAEConfig(codebook_dim=64),
-    "d32reg": VAEConfig(codebook_dim=32),
-    # vae_type 14, patch 8; named after the 56 bits the 8B transformer sees per token (§10).
-    "d56_patchify": VAEConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4), patchify=True),
-    # Small stride-16 VAEs for tests and for the project's own models (not official files).
-    "tiny": VAEConfig(codebook_dim=8, base_ch=16, ch_mult=(1, 1, 2, 2, 2), num_res_blocks=1, groups=8),
-    "toy": VAEConfig(codebook_dim=16, base_ch=16, ch_mult=(1, 2, 2, 4, 4), num_res_blocks=1, groups=8),
-}
+def load_vae_preset(name: str) -> VAEConfig:
+    """A VAE preset (presets/vaes/<name>.yaml) as a VAEConfig."""
+    data = load_preset("vaes", name)
+    data.pop("description", None)
+    try:
+        return VAEConfig(**data)
+    except TypeError as exc:
+        raise ConfigError(f"VAE preset {name}: {exc}") from None
 
-# Official file stems -> preset. The scripts spell the 2B VAE "d32_reg", the release "d32reg" (§3).
+
+# Every VAE preset by name, read once: the official VAEs and the project's small stride-16 ones.
+VAE_PRESETS: dict[str, VAEConfig] = {name: load_vae_preset(name) for name in preset_names("vaes")}
+
+# Official file stems -> preset. The scripts spell the 2B VAE "d32_reg", the release "d32reg".
 _VAE_FILE_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"infinity_vae_d32_?reg"), "d32reg"),
     (re.compile(r"infinity_vae_d56_f8_14_patchify"), "d56_patchify"),
@@ -319,7 +320,7 @@ class BSQuantizer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Multi-scale residual encoding (§7.4) and the transformer's next-scale inputs (§9)
+# Multi-scale residual encoding and the transformer's next-scale inputs
 # --------------------------------------------------------------------------------------------------
 
 
@@ -356,7 +357,7 @@ def multiscale_encode(z_BdHW: torch.Tensor, scales: Sequence[Sequence[int]]) -> 
 
     Per scale: area-downsample the residual, quantize, bilinearly upsample the codes back to (H, W),
     subtract them from the residual and add them to the accumulation. The next-scale input is the
-    accumulation so far, bilinearly resized to the next grid (not area: see §9).
+    accumulation so far, bilinearly resized to the next grid (not area, as the official sampler does).
     """
     H, W = z_BdHW.shape[-2:]
     grids = [_grid_hw(s) for s in scales]
@@ -380,7 +381,7 @@ def multiscale_encode(z_BdHW: torch.Tensor, scales: Sequence[Sequence[int]]) -> 
 
 
 # --------------------------------------------------------------------------------------------------
-# 8B patchify helpers (§10): token channel = c*4 + 2*dy + dx, PyTorch's pixel_(un)shuffle order
+# 8B patchify helpers: token channel = c*4 + 2*dy + dx, PyTorch's pixel_(un)shuffle order
 # --------------------------------------------------------------------------------------------------
 
 
@@ -399,7 +400,7 @@ def unpatchify(tokens_B4dhw: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoint key mapping (§7.5)
+# Checkpoint key mapping
 # --------------------------------------------------------------------------------------------------
 
 _NORM_LEAVES = frozenset({"norm1", "norm2", "norm_out"})

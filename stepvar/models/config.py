@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-
-import yaml
 
 from ..errors import ConfigError
+from ..preset_registry import load_preset, preset_names, preset_path
 
 
 @dataclass
 class InfinityConfig:
-    """Shapes of an Infinity transformer. Every released model fixes the flags of spec §2.
+    """Shapes of an Infinity transformer. Every released model fixes the same behaviour flags.
 
     Only the shape fields vary between presets; the behaviour flags (cos-attention,
     shared AdaLN, head AdaLN, bitwise head, level embedding before block 0, star RoPE)
@@ -85,16 +82,7 @@ class InfinityConfig:
         return dataclasses.asdict(self)
 
 
-def _preset_root() -> Path:
-    return Path(str(resources.files("stepvar.presets")))
-
-
-def _load_yaml(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a preset must be a YAML mapping")
-    return data
+DEFAULT_MODEL = "toy"  # the embedded model trained by the project (docs/model_card.md)
 
 
 @dataclass
@@ -114,17 +102,16 @@ class ModelPreset:
 
 
 def list_model_presets() -> list[str]:
-    return sorted(p.stem for p in (_preset_root() / "models").glob("*.yaml"))
+    return preset_names("models")
 
 
-def load_model_preset(name: str) -> ModelPreset:
-    path = _preset_root() / "models" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(list_model_presets())}")
-    data = _load_yaml(path)
+def load_model_preset(name: str | None = None) -> ModelPreset:
+    """A model preset by name; None is the default model."""
+    name = name or DEFAULT_MODEL
+    data = load_preset("models", name)
     arch = data.pop("arch", {})
     try:
         cfg = InfinityConfig(name=name, **arch)
         return ModelPreset(name=name, arch=cfg, **data)
     except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{preset_path('models', name)}: {exc}") from None

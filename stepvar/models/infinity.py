@@ -1,8 +1,11 @@
 """The Infinity transformer (bitwise next-scale prediction), weights-compatible with the release.
 
-Parameter names and shapes follow spec §4 exactly, so an official state dict loads with
-strict key checking. The generation loop lives in stepvar.sampling; this module offers the
-pieces it composes: text conditioning, per-block modulation, the scale input, the head.
+Infinity is the first implementation of the model-family contract (stepvar.models.family,
+docs/architecture.md). Parameter names and shapes follow the official checkpoints exactly,
+so an official state dict loads with strict key checking. The generation loop lives in
+stepvar.sampling; this module offers the pieces it composes: text conditioning, per-block
+modulation, the scale input, the dense pass of one scale (forward_scale), the guidance rule
+and the head.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CrossAttnBlock, Modulation, TextContext
+from .blocks import CrossAttnBlock, KVCache, Modulation, TextContext
 from .config import InfinityConfig
 from .rope import Rope2D
 
@@ -146,7 +149,7 @@ class Infinity(nn.Module):
 
     # ---- text conditioning -------------------------------------------------------------
     def uncond_text(self, mask_BT: torch.Tensor) -> torch.Tensor:
-        """The learned null text, as long as each prompt (spec §8): cfg_uncond[:T] per row."""
+        """The learned null text, as long as each prompt: cfg_uncond[:T] per row."""
         T = mask_BT.shape[1]
         if T > self.cfg.text_maxlen:
             raise ValueError(f"text of {T} tokens exceeds text_maxlen {self.cfg.text_maxlen}")
@@ -201,6 +204,27 @@ class Infinity(nn.Module):
         else:
             table = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
         return table[0].flatten(1).transpose(0, 1)
+
+    def forward_scale(self, x_BLC: torch.Tensor, cond: Conditioning, pos_L2: torch.Tensor,
+                      caches: list[KVCache]) -> torch.Tensor:
+        """The dense pass of one scale: every block, every token, in order.
+
+        x_BLC is the scale input with its level embedding added (add_level); pos_L2 the RoPE
+        (row, col) of its positions. Each block appends this scale's keys and values to its
+        KV cache, which holds every earlier scale's, so attention spans the whole prefix.
+        Returns the hidden states (B, L, C) the head reads. A pruner replaces this pass at
+        the scales it prunes, calling the blocks' residual branches one by one instead.
+        """
+        cos, sin = self.rope.gather(pos_L2)
+        x = x_BLC
+        for layer, blk in enumerate(self.blocks):
+            x = blk(x, cond.mods[layer], cos, sin, caches[layer], cond.text, layer)
+        return x
+
+    @staticmethod
+    def guide(logits_cond: torch.Tensor, logits_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance on the logits: uncond + scale * (cond - uncond), in Infinity's form."""
+        return scale * logits_cond + (1 - scale) * logits_uncond
 
     def logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """Bit logits (B, L, 2d) in fp32; the head condition is the pooled text, not gss."""

@@ -1,4 +1,4 @@
-"""2-D rotary position embedding with star-style normalisation (spec §5.4).
+"""2-D rotary position embedding with star-style normalisation.
 
 The table is indexed by integer grid coordinates on a 128 x 128 grid. Tokens carry
 their own (row, col) coordinates, so a pruned subset keeps its true positions simply

@@ -1,10 +1,20 @@
 """The pruning interface: the generator hands each scale to a Pruner, which returns dense hidden states.
 
+The contract a method fulfils (docs/adding_a_method.md walks through a complete one):
+  - `config_class`: the dataclass of its settings (presets and command-line variants set
+    its fields; unknown names are refused);
+  - `plan(schedule, depth)`: a PruningPlan saying which scales it skips and, per pruned
+    scale, which layers run on how many tokens. It must not depend on the images, only on
+    the settings, the schedule and the depth: the FLOP counter, bench and records read it
+    without running anything;
+  - `run_scale(run)`: the block stack of one scale, returning (B, L, C) for every position
+    so that every token gets logits and codes and the next scale's input is complete.
+    It processes exactly the tokens the plan announces (tested for every registered method),
+    counting them through the helpers below (run_block_dense, run_branch_counted).
+Register the class in stepvar.pruning.registry (one call of register_method).
+
 A Pruner owns how the block stack runs at a scale: on all tokens (dense), on a subset
-chosen once (StepVAR), or with re-selection per sub-layer (FastVAR). Whatever it does,
-it returns (B, L, C) for every position so that every token gets logits and codes and
-the next scale's input is complete. Token counts go through ScaleRun.count so that the
-bench can report what each block really processed.
+chosen once (StepVAR), or with re-selection per sub-layer (FastVAR).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from ..errors import ConfigError
 from ..models.blocks import KVCache
 from ..models.infinity import Conditioning, Infinity
 from ..schedules import Scale, ScaleSchedule
+from .plan import BRANCHES, PruningPlan, check_keep  # noqa: F401  (check_keep: re-exported for callers)
 
 
 @dataclass
@@ -70,12 +81,9 @@ def run_block_dense(run: ScaleRun, layer: int, x_BLC: torch.Tensor, cos, sin) ->
     """One block on every token it is given, counting them."""
     blk = run.model.blocks[layer]
     n = x_BLC.shape[1]
-    for branch in ("sa", "ca", "ffn"):
+    for branch in BRANCHES:
         run.count(layer, branch, n)
     return blk(x_BLC, run.cond.mods[layer], cos, sin, run.caches[layer], run.cond.text, layer)
-
-
-BRANCHES = ("sa", "ca", "ffn")
 
 
 def run_branch(blk, name: str, x_BlC, mod, cos, sin, run: ScaleRun, layer: int) -> torch.Tensor:
@@ -87,46 +95,93 @@ def run_branch(blk, name: str, x_BlC, mod, cos, sin, run: ScaleRun, layer: int) 
     return blk.ffn_branch(x_BlC, mod)
 
 
+def run_branch_counted(run: ScaleRun, layer: int, name: str, x_BlC: torch.Tensor, cos, sin) -> torch.Tensor:
+    """run_branch on the given tokens, recording how many it processed: the branch's residual update."""
+    y = run_branch(run.model.blocks[layer], name, x_BlC, run.cond.mods[layer], cos, sin, run, layer)
+    run.count(layer, name, x_BlC.shape[1])
+    return y
+
+
+def run_layers(run: ScaleRun, x_BLC: torch.Tensor, layers: tuple[int, int], pruned_layer) -> torch.Tensor:
+    """The shared layer loop of a pruned scale: layers outside [first, end) run dense on every token,
+    the others are handed to pruned_layer(layer, x_BLC) -> x_BLC, which runs the block its own way."""
+    cos, sin = run.rope(run.pos_L2)
+    x = x_BLC
+    for layer in range(len(run.model.blocks)):
+        if layers[0] <= layer < layers[1]:
+            x = pruned_layer(layer, x)
+        else:
+            x = run_block_dense(run, layer, x, cos, sin)
+    return x
+
+
 def gather_rows(x_BLC: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor:
     """Per-row gather of token features: (B, L, C), (B, l) -> (B, l, C)."""
     return torch.gather(x_BLC, 1, idx_Bl.unsqueeze(-1).expand(-1, -1, x_BLC.shape[-1]))
 
 
 def run_dense_stack(run: ScaleRun) -> torch.Tensor:
-    """Every block on every token: the dense reference computation of one scale."""
-    cos, sin = run.rope(run.pos_L2)
-    x = run.x_BLC
+    """Every block on every token: the model's own dense pass of the scale, counted."""
+    n = run.x_BLC.shape[1]
     for layer in range(len(run.model.blocks)):
-        x = run_block_dense(run, layer, x, cos, sin)
-    return x
+        for branch in BRANCHES:
+            run.count(layer, branch, n)
+    return run.model.forward_scale(run.x_BLC, run.cond, run.pos_L2, run.caches)
+
+
+@dataclass
+class NoSettings:
+    """The settings of a method that has none (dense)."""
 
 
 class Pruner(ABC):
-    """A token-pruning method. Stateless across generations except for per-generation caches."""
+    """A token-pruning method. Stateless across generations except for per-generation caches.
+
+    `config` holds the method's settings (an instance of config_class); `name` is what
+    outputs and reports call it (the preset name, or the variant as written, e.g.
+    "stepvar:norm=rank").
+    """
 
     name: str = "base"
+    config_class: type = NoSettings
 
-    def validate(self, schedule: ScaleSchedule, depth: int) -> None:
-        """Raise ConfigError if this configuration cannot run on the schedule/model."""
+    def __init__(self, config=None, name: str | None = None):
+        self.config = config if config is not None else self.config_class()
+        if name:
+            self.name = name
+        self.active_plan: PruningPlan | None = None
 
-    def begin(self, schedule: ScaleSchedule, depth: int) -> None:
-        """Called once before a generation; reset per-generation state here."""
-
-    def skips(self, si: int) -> bool:
-        """True if scale si runs no blocks at all (FastVAR's released last-scale skip)."""
-        return False
+    @abstractmethod
+    def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
+        """What this method will compute on the schedule and a model of this depth; raise
+        ConfigError if this configuration cannot run there."""
 
     @abstractmethod
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
         """Run the block stack on scale si and return dense hidden states (B, L, C)."""
 
+    def validate(self, schedule: ScaleSchedule, depth: int) -> None:
+        """Raise ConfigError if this configuration cannot run on the schedule/model."""
+        self.plan(schedule, depth)
+
+    def begin(self, schedule: ScaleSchedule, depth: int) -> None:
+        """Called once before a generation; a method with per-generation state extends it."""
+        self.active_plan = self.plan(schedule, depth)
+
+    def skips(self, si: int) -> bool:
+        """True if scale si runs no blocks at all (FastVAR's released last-scale skip)."""
+        return self.active_plan is not None and si in self.active_plan.skipped
+
     def config_dict(self) -> dict:
-        cfg = getattr(self, "cfg", None)
-        body = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
-        return {"method": self.name, **body}
+        body = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+        out = {"method": self.name, **body}
+        if self.active_plan is not None and (self.active_plan.keep or self.active_plan.skipped):
+            out["resolved"] = self.active_plan.to_dict()
+        return out
 
     def pruned_scales(self, schedule: ScaleSchedule) -> list[int]:
-        return []
+        """Scales this method prunes on the schedule (the layer split does not change them)."""
+        return self.plan(schedule, 10**6).pruned_scales
 
 
 class Dense(Pruner):
@@ -134,11 +189,8 @@ class Dense(Pruner):
 
     name = "dense"
 
+    def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
+        return PruningPlan.dense(schedule, depth)
+
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
         return run_dense_stack(run)
-
-
-def check_keep(keep: float, what: str = "keep") -> float:
-    if not (0.0 < keep <= 1.0):
-        raise ConfigError(f"{what} must be in (0, 1], got {keep}")
-    return float(keep)

@@ -1,4 +1,4 @@
-"""FastVAR (ICCV 2025) as released, and its variants (spec fastvar.md).
+"""FastVAR (ICCV 2025) as released, and its variants.
 
 Per pruned layer and scale, each of SA, CA and FFN re-scores the current full-length
 state by squared distance to the row's mean token, runs on the kept tokens (score order),
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..schedules import ScaleSchedule
-from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch, run_dense_stack
-from .plan import ResolvedPlan, dense_layer_split, resolve_keep, resolve_scales
+from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_branch_counted, run_dense_stack, run_layers
+from .plan import PruningPlan, dense_layer_split, resolve_keep, resolve_scales
 from .propagation import scatter_kept
 from .scores import dc_score, keep_count, select_topk
 
@@ -46,17 +46,11 @@ def _release_keep(schedule: ScaleSchedule) -> dict[int, float]:
 
 class FastVAR(Pruner):
     name = "fastvar"
-
-    def __init__(self, cfg: FastVARConfig | None = None, name: str | None = None):
-        self.cfg = cfg or FastVARConfig()
-        if name:
-            self.name = name
-        self.plan: ResolvedPlan | None = None
-        self.skip_set: set[int] = set()
+    config_class = FastVARConfig
 
     # ---- planning --------------------------------------------------------------------
-    def resolve(self, schedule: ScaleSchedule, depth: int) -> tuple[ResolvedPlan, set[int], int]:
-        c = self.cfg
+    def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
+        c = self.config
         n = len(schedule)
         skip = set(resolve_scales(c.skip, None, schedule)) if c.skip else set()
         release = _release_keep(schedule) if schedule.template == 1.0 else {}
@@ -68,63 +62,43 @@ class FastVAR(Pruner):
         keep = {si: k for si, k in keep.items() if si not in skip}
         if not keep and not skip:
             raise ConfigError("fastvar: no scale to prune or skip on this schedule; set scales and keep explicitly")
-        first, end = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
+        layers = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
         active = sorted(set(keep) | skip)
         cache = c.cache_scale if c.cache_scale is not None else active[0] - 1
         cache = cache + n if cache < 0 else cache
         if keep and not (0 <= cache < min(keep)) or cache in keep or cache in skip:
             raise ConfigError(f"fastvar cache scale {cache} must be a dense scale before the first pruned scale {min(keep)}")
-        return ResolvedPlan(keep, first, end), skip, cache
-
-    def validate(self, schedule: ScaleSchedule, depth: int) -> None:
-        self.resolve(schedule, depth)
+        kept = {si: keep_count(schedule.scales[si].n, k, rounding=c.rounding) for si, k in keep.items()}
+        return PruningPlan(tuple(s.n for s in schedule.scales), depth, keep, kept, layers, frozenset(skip),
+                           {"cache_scale": cache})
 
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
-        self.plan, self.skip_set, self.cache_si = self.resolve(schedule, depth)
+        super().begin(schedule, depth)
+        self.cache_si = self.active_plan.extra["cache_scale"]
         cache_scale = schedule.scales[self.cache_si]
         self.cache_grid = (cache_scale.h, cache_scale.w)
         self.branch_cache: dict[tuple[int, str], torch.Tensor] = {}
-
-    def skips(self, si: int) -> bool:
-        return si in self.skip_set
-
-    def pruned_scales(self, schedule: ScaleSchedule) -> list[int]:
-        plan, _, _ = self.resolve(schedule, 10**6)
-        return sorted(plan.keep)
-
-    def config_dict(self) -> dict:
-        out = super().config_dict()
-        if self.plan is not None:
-            out["resolved"] = {"keep": self.plan.keep, "skip": sorted(self.skip_set), "cache_scale": self.cache_si,
-                               "pruned_layers": [self.plan.first_layer, self.plan.end_layer - 1]}
-        return out
 
     # ---- execution -------------------------------------------------------------------
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
         if run.si == self.cache_si:
             return self._run_dense_caching(run)
-        if not self.plan.prunes(run.si):
+        if not self.active_plan.prunes(run.si):
             return run_dense_stack(run)
-        L = run.scale.n
-        k = keep_count(L, self.plan.keep[run.si], rounding=self.cfg.rounding)
-        if k >= L:
-            return run_dense_stack(run)
-        return self._run_pruned(run, k)
+        return self._run_pruned(run, self.active_plan.kept[run.si])
 
     def _run_dense_caching(self, run: ScaleRun) -> torch.Tensor:
         """The cache scale: dense, recording each pruned layer's three gated branch outputs."""
         cos, sin = run.rope(run.pos_L2)
-        x = run.x_BLC
-        for layer, blk in enumerate(run.model.blocks):
-            if not (self.plan.first_layer <= layer < self.plan.end_layer):
-                x = run_block_dense(run, layer, x, cos, sin)
-                continue
+
+        def caching(layer: int, x: torch.Tensor) -> torch.Tensor:
             for name in BRANCHES:
-                y = run_branch(blk, name, x, run.cond.mods[layer], cos, sin, run, layer)
-                run.count(layer, name, x.shape[1])
+                y = run_branch_counted(run, layer, name, x, cos, sin)
                 self.branch_cache[(layer, name)] = y
                 x = x + y
-        return x
+            return x
+
+        return run_layers(run, run.x_BLC, self.active_plan.layers, caching)
 
     def _restore_base(self, layer: int, name: str, run: ScaleRun) -> torch.Tensor:
         """The cached branch output, area-resized from the cache grid to the current grid: (B, L, C)."""
@@ -137,16 +111,12 @@ class FastVAR(Pruner):
         return F.interpolate(y_BChw, size=(h, w), mode="area").flatten(2).transpose(1, 2)
 
     def _run_pruned(self, run: ScaleRun, k: int) -> torch.Tensor:
-        cos, sin = run.rope(run.pos_L2)
-        x = run.x_BLC
-        for layer, blk in enumerate(run.model.blocks):
-            if not (self.plan.first_layer <= layer < self.plan.end_layer):
-                x = run_block_dense(run, layer, x, cos, sin)
-                continue
+        def pruned(layer: int, x: torch.Tensor) -> torch.Tensor:
             for name in BRANCHES:
                 idx = select_topk(dc_score(x), k, order="score")  # re-scored per sub-layer, per row
                 cos_k, sin_k = run.rope(run.pos_L2[idx])
-                y_kept = run_branch(blk, name, gather_rows(x, idx), run.cond.mods[layer], cos_k, sin_k, run, layer)
-                run.count(layer, name, k)
+                y_kept = run_branch_counted(run, layer, name, gather_rows(x, idx), cos_k, sin_k)
                 x = x + scatter_kept(self._restore_base(layer, name, run), idx, y_kept)
-        return x
+            return x
+
+        return run_layers(run, run.x_BLC, self.active_plan.layers, pruned)

@@ -1,4 +1,10 @@
-"""Which scales and layers a method prunes, resolved against a concrete schedule and depth.
+"""What a method computes on a concrete schedule and model: the PruningPlan, and the rules that resolve it.
+
+A method's plan is the contract between the method and everything that accounts for it:
+the FLOP counter, bench, the records saved with every output and the token-count tests all
+read the plan, never the method's class. It says, per scale, which layers run pruned and
+how many tokens per row each of their branches (SA, CA, FFN) processes; which scales are
+skipped outright; everything else runs dense.
 
 Scales are keyed by index (negative counts from the end). The default rule prunes the
 scales whose grid is at least half the final grid's side: at 1024 1:1 that is 32, 40,
@@ -7,11 +13,71 @@ scales whose grid is at least half the final grid's side: at 1024 1:1 that is 32
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..schedules import ScaleSchedule
-from .base import check_keep
+
+BRANCHES = ("sa", "ca", "ffn")
+
+
+def check_keep(keep: float, what: str = "keep") -> float:
+    if not (0.0 < keep <= 1.0):
+        raise ConfigError(f"{what} must be in (0, 1], got {keep}")
+    return float(keep)
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Tokens per row that each (scale, layer, branch) will process, resolved before anything runs.
+
+    keep:      pruned scale -> keep ratio (as configured; recorded with every output)
+    kept:      pruned scale -> tokens kept per row in every branch of the pruned layers
+    layers:    (first, end): the layers [first, end) run pruned at a pruned scale, the rest dense
+    skipped:   scales that run no blocks and no head at all
+    extra:     method-specific resolved settings worth recording (e.g. FastVAR's cache scale)
+    """
+
+    scale_tokens: tuple[int, ...]  # dense tokens of every scale of the schedule
+    depth: int
+    keep: dict[int, float] = field(default_factory=dict)
+    kept: dict[int, int] = field(default_factory=dict)
+    layers: tuple[int, int] = (0, 0)
+    skipped: frozenset[int] = frozenset()
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def dense(cls, schedule: ScaleSchedule, depth: int) -> "PruningPlan":
+        return cls(tuple(s.n for s in schedule.scales), depth, layers=(0, depth))
+
+    @property
+    def pruned_scales(self) -> list[int]:
+        return sorted(self.keep)
+
+    def prunes(self, si: int) -> bool:
+        """True if scale si runs some layers on fewer tokens than it has."""
+        return si in self.kept and self.kept[si] < self.scale_tokens[si]
+
+    def pruned_layer(self, layer: int) -> bool:
+        return self.layers[0] <= layer < self.layers[1]
+
+    def tokens(self, si: int, layer: int, branch: str = "sa") -> int:
+        """Tokens per row that this branch of this layer processes at scale si."""
+        if si in self.skipped:
+            return 0
+        if self.prunes(si) and self.pruned_layer(layer):
+            return self.kept[si]
+        return self.scale_tokens[si]
+
+    def counts(self) -> dict[tuple[int, int, str], int]:
+        """{(scale, layer, branch): tokens per row} for every scale that runs, as a TokenCounter would record."""
+        return {(si, layer, b): self.tokens(si, layer, b) for si in range(len(self.scale_tokens))
+                if si not in self.skipped for layer in range(self.depth) for b in BRANCHES}
+
+    def to_dict(self) -> dict:
+        out = {"keep": self.keep, "kept_tokens": self.kept, "skip": sorted(self.skipped),
+               "pruned_layers": [self.layers[0], self.layers[1] - 1]}
+        return {**out, **self.extra}
 
 
 def default_pruned_scales(schedule: ScaleSchedule) -> list[int]:
@@ -64,13 +130,3 @@ def dense_layer_split(depth: int, prefix: int | None, suffix: int | None) -> tup
     if p < 0 or s < 0 or p + s >= depth:
         raise ConfigError(f"dense layers ({p} first, {s} last) leave no layer to prune in a {depth}-layer model")
     return p, depth - s
-
-
-@dataclass
-class ResolvedPlan:
-    keep: dict[int, float]  # pruned scale index -> keep ratio
-    first_layer: int  # layers [first_layer, end_layer) run pruned
-    end_layer: int
-
-    def prunes(self, si: int) -> bool:
-        return si in self.keep

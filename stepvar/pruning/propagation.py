@@ -1,11 +1,11 @@
-"""Dense maps from kept tokens: nearest-kept propagation (StepVAR spec §5) and index writes (FastVAR).
+"""Dense maps from kept tokens: nearest-kept propagation (StepVAR) and index writes (FastVAR).
 
 nearest_kept is exact and integer-only. Instead of all (position, kept) pairs (L x l per
 row) it splits the search by grid row: for every grid row r' and column c it first finds
 the nearest kept column of r' (a 1-D cummax/cummin scan), then every position takes the
 best of its h row candidates. Work is B*h*h*w instead of B*L*l, and memory is bounded by
 chunking over position rows. Because every distance used here grows with |dc| at fixed
-|dr| this is exact; the tie rule (lowest row-major kept position, O8) is enforced by
+|dr| this is exact; the tie rule (lowest row-major kept position) is enforced by
 minimising the integer key  dist * L + position, which orders by distance first and then
 by position, so nothing depends on argmin's tie behaviour or on the order of idx_Bl.
 """
@@ -79,7 +79,7 @@ def nearest_kept(idx_Bl: torch.Tensor, h: int, w: int, metric: str = "euclidean"
     """For every grid position, the index j into idx_Bl's row of its nearest kept position, (B, L) long.
 
     Positions are row-major (p = row * w + col); distances are exact on integer grid
-    coordinates: squared Euclidean (default, spec §5), Chebyshev or Manhattan (O8).
+    coordinates: squared Euclidean (default), Chebyshev or Manhattan.
     A kept position maps to itself. Ties between equidistant kept positions go to the one
     with the lowest row-major index, whatever the order of idx_Bl (spatial or score).
     """

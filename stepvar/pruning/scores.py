@@ -1,19 +1,19 @@
-"""Token importance scores and top-k selection (StepVAR spec §3-§5, FastVAR spec §4).
+"""Token importance scores and top-k selection (StepVAR: structure, texture, joint; FastVAR: distance to the mean token).
 
 Every score takes hidden states x_BLC (B rows, L = h*w tokens in row-major order, C
 channels) and returns s_BL in fp32 whatever the input dtype: selection must not depend
-on whether the model runs in bf16. Rows are independent (per-row selection, O5 (a));
+on whether the model runs in bf16. Rows are independent (per-row selection);
 callers that share a subset across CFG rows combine the rows' scores themselves.
 
 Choices the spec leaves open, and what is done here:
-    O1  normalisation before mixing: normalize_score modes; joint_score(structure_power=2) is O1 (f).
-    O2  power iteration: fixed count `iters`, deterministic init ("ones", "variance",
+    normalisation before mixing: normalize_score modes; joint_score(structure_power=2) makes both terms quadratic.
+    power iteration: fixed count `iters`, deterministic init ("ones", "variance",
         "random" with a fixed seed), fp32. An init orthogonal to every token (e.g. "ones"
         on features whose channel-mean is zero per token, as after a LayerNorm) falls back
         to the fixed-seed random vector so the iteration never starts from nothing.
-    O9  texture border: `border` in texture_score.
-    O11 rounding of the kept count: keep_count.
-    O13 kept-token order: select_topk(order=...).
+    texture border: `border` in texture_score.
+    rounding of the kept count: keep_count.
+    kept-token order: select_topk(order=...).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _rows_fp32(x_BLC: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# structure: |projection on the first principal component| (spec §3)
+# structure: |projection on the first principal component|
 
 
 def _random_vec(C: int, device) -> torch.Tensor:
@@ -108,7 +108,7 @@ def structure_score(x_BLC: torch.Tensor, iters: int = 3, init: str = "ones") -> 
 
 
 # --------------------------------------------------------------------------------------------
-# texture: energy of the local 3x3 high-pass residual (spec §4)
+# texture: energy of the local 3x3 high-pass residual
 
 
 def _pad_dim(x: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
@@ -130,7 +130,7 @@ def _sq_norm(d_BLC: torch.Tensor) -> torch.Tensor:
 def local_mean(x_BLC: torch.Tensor, h: int, w: int, border: str = "exclude_pad") -> torch.Tensor:
     """3x3 mean (stride 1, same size) of each token's neighbourhood, (B, L, C) fp32.
 
-    border (O9): "exclude_pad" averages only the real neighbours (count_include_pad=False);
+    border: "exclude_pad" averages only the real neighbours (count_include_pad=False);
     "zero_pad" counts zero padding in the 9 (pulls border means towards 0); "replicate" and
     "reflect" pad with edge / mirrored tokens. "reflect" on a grid dimension of length 1
     falls back to replicate on that dimension (there is nothing to mirror).
@@ -164,7 +164,7 @@ def dc_score(x_BLC: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# normalisation and mixing (O1)
+# normalisation and mixing
 
 
 def _average_rank(s_BL: torch.Tensor) -> torch.Tensor:
@@ -220,9 +220,9 @@ def joint_score(
     border: str = "exclude_pad",
     structure_power: int = 1,
 ) -> torch.Tensor:
-    """StepVAR's S = w_str * norm(S_str ** p) + norm(S_txt), (B, L) fp32 (spec §5).
+    """StepVAR's S = w_str * norm(S_str ** p) + norm(S_txt), (B, L) fp32.
 
-    structure_power=2 squares the projection so both terms are quadratic in the features (O1 (f)).
+    structure_power=2 squares the projection so both terms are quadratic in the features.
     """
     s_str = structure_score(x_BLC, iters=iters, init=init)
     if structure_power != 1:
@@ -242,7 +242,7 @@ def keep_count(
     *,
     prune_ratio: float | None = None,
 ) -> int:
-    """Number of tokens kept out of L, clamped to [1, L] (O11).
+    """Number of tokens kept out of L, clamped to [1, L].
 
     Give exactly one of keep_ratio (fraction kept) or prune_ratio (fraction pruned, as
     FastVAR configs state it).
@@ -276,7 +276,7 @@ def keep_count(
 
 
 def select_topk(score_BL: torch.Tensor, k: int, order: str = "spatial") -> torch.Tensor:
-    """Indices of the k highest scores per row, (B, k) long (O13).
+    """Indices of the k highest scores per row, (B, k) long.
 
     Ties are broken deterministically: equal scores -> lower position first (a stable
     descending sort; torch.topk leaves tie order unspecified). NaN scores rank last.

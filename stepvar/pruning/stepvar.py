@@ -1,7 +1,7 @@
 """StepVAR: keep tokens by structure (PCA) + texture (local high-pass), propagate by nearest neighbour.
 
-Every open choice of the method (spec stepvar.md §13) is a field of StepVARConfig. The
-ablations (texture-only, structure-only, random) are the same engine with another score.
+Every open choice of the method is a field of StepVARConfig. The ablations (texture-only,
+structure-only, random) are the same engine with another score.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import torch
 
 from ..errors import ConfigError
 from ..schedules import ScaleSchedule
-from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch, run_dense_stack
-from .plan import ResolvedPlan, dense_layer_split, resolve_keep, resolve_scales
+from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch_counted, run_dense_stack, \
+    run_layers
+from .plan import PruningPlan, dense_layer_split, resolve_keep, resolve_scales
 from .propagation import nearest_kept, propagate
 from .scores import dc_score, joint_score, keep_count, normalize_score, select_topk, structure_score, texture_score
 
@@ -29,24 +30,24 @@ class StepVARConfig:
     scales: list[int] | None = None  # pruned scale indices; None = grids >= half the final side
     first_scale: int | None = None  # alternative to scales: prune this scale and all later ones
     score: str = "joint"  # joint | texture | structure | random | dc (ablations)
-    w_str: float = 1.0  # O1: weight of the structure term
-    norm: str = "minmax"  # O1: raw | max | minmax | zscore | rank
-    structure_power: int = 1  # O1(f): 2 makes the structure term quadratic like the texture term
-    power_iters: int = 3  # O2
-    power_init: str = "ones"  # O2: ones | variance | random
-    border: str = "exclude_pad"  # O9: exclude_pad | zero_pad | replicate | reflect
-    selection: str = "scale"  # O3: scale (once, before the pruned layers) | block | sublayer
-    cfg_rows: str = "separate"  # O5: separate per row | shared (sum of both rows' normalised scores)
-    # O7, with selection "scale": "hidden" gives a pruned position the nearest kept token's final
+    w_str: float = 1.0  # weight of the structure term in the joint score
+    norm: str = "minmax"  # normalisation of each term before mixing: raw | max | minmax | zscore | rank
+    structure_power: int = 1  # 2 makes the structure term quadratic like the texture term
+    power_iters: int = 3  # power-iteration steps of the principal component
+    power_init: str = "ones"  # power-iteration start vector: ones | variance | random
+    border: str = "exclude_pad"  # texture filter at the grid border: exclude_pad | zero_pad | replicate | reflect
+    selection: str = "scale"  # when tokens are selected: scale (once, before the pruned layers) | block | sublayer
+    cfg_rows: str = "separate"  # CFG rows: separate per row | shared (sum of both rows' normalised scores)
+    # with selection "scale": "hidden" gives a pruned position the nearest kept token's final
     # hidden state; "residual" gives it its own scale input plus the nearest kept token's update
     # (h - x). The latter equals propagating every block's update with a fixed selection (the
     # sum of copied updates is the copied sum), so it costs one propagation per scale.
     propagate: str = "residual"  # chosen by measurement: docs/pruning.md
-    dense_prefix: int | None = 0  # O12: layers before selection that run on all tokens
-    dense_suffix: int | None = 0  # O12: layers after propagation that run on all tokens
-    rounding: str = "round"  # O11: round -> round(L*keep); fastvar -> L - int(L*(1-keep))
-    order: str = "spatial"  # O13: kept-token order, spatial | score
-    metric: str = "euclidean"  # O8: euclidean | chebyshev | manhattan (ties -> lowest row-major index)
+    dense_prefix: int | None = 0  # layers before selection that run on all tokens
+    dense_suffix: int | None = 0  # layers after propagation that run on all tokens
+    rounding: str = "round"  # kept-count rounding: round -> round(L*keep); fastvar -> L - int(L*(1-keep))
+    order: str = "spatial"  # kept-token order, spatial | score
+    metric: str = "euclidean"  # nearest-neighbour distance: euclidean | chebyshev | manhattan (ties -> lowest row-major index)
     seed: int = 0  # for score = random
 
     def check(self) -> None:
@@ -60,34 +61,28 @@ class StepVARConfig:
 
 class StepVAR(Pruner):
     name = "stepvar"
+    config_class = StepVARConfig
 
-    def __init__(self, cfg: StepVARConfig | None = None, name: str | None = None):
-        self.cfg = cfg or StepVARConfig()
-        self.cfg.check()
-        if name:
-            self.name = name
-        self.plan: ResolvedPlan | None = None
+    def __init__(self, config: StepVARConfig | None = None, name: str | None = None):
+        super().__init__(config, name)
+        self.config.check()
 
     # ---- planning --------------------------------------------------------------------
-    def resolve(self, schedule: ScaleSchedule, depth: int) -> ResolvedPlan:
-        scales = resolve_scales(self.cfg.scales, self.cfg.first_scale, schedule)
-        keep = resolve_keep(self.cfg.keep, scales)
-        first, end = dense_layer_split(depth, self.cfg.dense_prefix, self.cfg.dense_suffix)
-        return ResolvedPlan(keep, first, end)
-
-    def validate(self, schedule: ScaleSchedule, depth: int) -> None:
-        self.resolve(schedule, depth)
+    def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
+        c = self.config
+        scales = resolve_scales(c.scales, c.first_scale, schedule)
+        keep = resolve_keep(c.keep, scales)
+        kept = {si: keep_count(schedule.scales[si].n, k, rounding=c.rounding) for si, k in keep.items()}
+        layers = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
+        return PruningPlan(tuple(s.n for s in schedule.scales), depth, keep, kept, layers)
 
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
-        self.plan = self.resolve(schedule, depth)
-        self._rng = torch.Generator().manual_seed(self.cfg.seed)
-
-    def pruned_scales(self, schedule: ScaleSchedule) -> list[int]:
-        return sorted(self.resolve(schedule, 10**6).keep)
+        super().begin(schedule, depth)
+        self._rng = torch.Generator().manual_seed(self.config.seed)
 
     # ---- selection -------------------------------------------------------------------
     def score(self, x_BLC: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        c = self.cfg
+        c = self.config
         if c.score == "joint":
             return joint_score(x_BLC, h, w, w_str=c.w_str, norm=c.norm, iters=c.power_iters, init=c.power_init,
                                border=c.border, structure_power=c.structure_power)
@@ -103,73 +98,64 @@ class StepVAR(Pruner):
     def select(self, x_BLC: torch.Tensor, h: int, w: int, k: int, cfg_pairs: bool = False) -> torch.Tensor:
         """Kept positions (B, l), per row, or shared by the cond/uncond rows of each prompt."""
         s_BL = self.score(x_BLC, h, w)
-        if self.cfg.cfg_rows == "shared" and cfg_pairs:
+        if self.config.cfg_rows == "shared" and cfg_pairs:
             half = x_BLC.shape[0] // 2
             s = normalize_score(s_BL, "minmax")
             s_BL = (s[:half] + s[half:]).repeat(2, 1)
-        return select_topk(s_BL, k, order=self.cfg.order)
-
-    def keep_tokens(self, si: int, L: int) -> int:
-        return keep_count(L, self.plan.keep[si], rounding=self.cfg.rounding)
+        return select_topk(s_BL, k, order=self.config.order)
 
     # ---- execution -------------------------------------------------------------------
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
-        plan = self.plan
-        L = run.scale.n
-        if not plan.prunes(run.si) or self.keep_tokens(run.si, L) >= L:
+        if not self.active_plan.prunes(run.si):
             return run_dense_stack(run)  # nothing to prune: exactly the dense computation
-        if self.cfg.selection == "scale":
+        if self.config.selection == "scale":
             return self._run_once_per_scale(run)
         return self._run_reselecting(run)
 
     def _run_once_per_scale(self, run: ScaleRun) -> torch.Tensor:
-        """O3 (a)/(b): one subset through all pruned layers, one propagation at the end."""
+        """Selection once per scale: one subset through all pruned layers, one propagation at the end."""
         h, w = run.grid
-        depth = len(run.model.blocks)
+        first, end = self.active_plan.layers
         cos, sin = run.rope(run.pos_L2)
         x = run.x_BLC
-        for layer in range(self.plan.first_layer):
+        for layer in range(first):
             x = run_block_dense(run, layer, x, cos, sin)
-        idx_Bl = self.select(x, h, w, self.keep_tokens(run.si, run.scale.n), run.cfg_pairs)
+        idx_Bl = self.select(x, h, w, self.active_plan.kept[run.si], run.cfg_pairs)
         x_BlC = start_BlC = gather_rows(x, idx_Bl)
         cos_k, sin_k = run.rope(run.pos_L2[idx_Bl])  # kept tokens keep their own RoPE positions
-        for layer in range(self.plan.first_layer, self.plan.end_layer):
+        for layer in range(first, end):
             x_BlC = run_block_dense(run, layer, x_BlC, cos_k, sin_k)
-        nn_BL = nearest_kept(idx_Bl, h, w, metric=self.cfg.metric)
-        if self.cfg.propagate == "residual":
+        nn_BL = nearest_kept(idx_Bl, h, w, metric=self.config.metric)
+        if self.config.propagate == "residual":
             x = x + propagate(x_BlC - start_BlC, nn_BL)
         else:
             x = propagate(x_BlC, nn_BL)
-        for layer in range(self.plan.end_layer, depth):
+        for layer in range(end, len(run.model.blocks)):
             x = run_block_dense(run, layer, x, cos, sin)
         return x
 
     def _run_reselecting(self, run: ScaleRun) -> torch.Tensor:
-        """O3 (c)/(d): re-score the full-length state per block or per sub-layer; NN-propagate each update."""
+        """Selection per block or per sub-layer: re-score the full-length state, NN-propagate each update."""
         h, w = run.grid
-        k = self.keep_tokens(run.si, run.scale.n)
-        cos, sin = run.rope(run.pos_L2)
-        x = run.x_BLC
-        for layer, blk in enumerate(run.model.blocks):
-            if not (self.plan.first_layer <= layer < self.plan.end_layer):
-                x = run_block_dense(run, layer, x, cos, sin)
-                continue
-            mod = run.cond.mods[layer]
-            if self.cfg.selection == "block":
+        k = self.active_plan.kept[run.si]
+        metric = self.config.metric
+
+        def per_block(layer: int, x: torch.Tensor) -> torch.Tensor:
+            idx = self.select(x, h, w, k, run.cfg_pairs)
+            nn_BL = nearest_kept(idx, h, w, metric=metric)
+            cos_k, sin_k = run.rope(run.pos_L2[idx])
+            xk = start = gather_rows(x, idx)
+            for name in BRANCHES:
+                xk = xk + run_branch_counted(run, layer, name, xk, cos_k, sin_k)
+            return x + propagate(xk - start, nn_BL)
+
+        def per_sublayer(layer: int, x: torch.Tensor) -> torch.Tensor:
+            for name in BRANCHES:
                 idx = self.select(x, h, w, k, run.cfg_pairs)
-                nn_BL = nearest_kept(idx, h, w, metric=self.cfg.metric)
                 cos_k, sin_k = run.rope(run.pos_L2[idx])
-                xk = gather_rows(x, idx)
-                start = xk
-                for name in BRANCHES:
-                    xk = xk + run_branch(blk, name, xk, mod, cos_k, sin_k, run, layer)
-                    run.count(layer, name, k)
-                x = x + propagate(xk - start, nn_BL)
-            else:
-                for name in BRANCHES:
-                    idx = self.select(x, h, w, k, run.cfg_pairs)
-                    cos_k, sin_k = run.rope(run.pos_L2[idx])
-                    delta = run_branch(blk, name, gather_rows(x, idx), mod, cos_k, sin_k, run, layer)
-                    run.count(layer, name, k)
-                    x = x + propagate(delta, nearest_kept(idx, h, w, metric=self.cfg.metric))
-        return x
+                delta = run_branch_counted(run, layer, name, gather_rows(x, idx), cos_k, sin_k)
+                x = x + propagate(delta, nearest_kept(idx, h, w, metric=metric))
+            return x
+
+        return run_layers(run, run.x_BLC, self.active_plan.layers,
+                          per_block if self.config.selection == "block" else per_sublayer)

@@ -33,7 +33,8 @@ from scipy import ndimage
 
 from stepvar.errors import StepvarError
 from stepvar.toy.grammar import ObjectGroup, PromptSpec, Relation, describe, parse, random_spec
-from stepvar.toy.world import COLORS, RELATIONS, SHAPES, relation_offsets
+from stepvar.toy.vocabulary import COLORS, RELATIONS, SHAPES
+from stepvar.toy.world import relation_offsets
 
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stepvar.errors import StepvarError
-from stepvar.toy.world import COLORS, RELATIONS, SHAPES
+from stepvar.toy.vocabulary import COLORS, RELATIONS, SHAPES
 
 COUNT_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4}
 COUNT_NAMES = {1: "a", 2: "two", 3: "three", 4: "four"}

@@ -11,8 +11,8 @@ Geometry is in fractions of the image side (0..1, y grows downwards), so a scene
 renders at any resolution; texture periods are given in pixels at 256 and scale with it.
 Everything random is drawn from a numpy Generator passed in, so data are reproducible.
 
-The grammar (stepvar.toy.grammar) imports this module for its word lists; the few
-functions here that need the grammar import it inside the function to avoid a cycle.
+The word lists (colours, shapes, relations) live in stepvar.toy.vocabulary, which both
+this module and the grammar read: the world imports the grammar, never the reverse.
 """
 
 from __future__ import annotations
@@ -22,25 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Object colours. Chosen with similar chroma (max-min >= ~0.6) and hues far apart
-# (red 0, yellow ~52, green ~127, blue ~225 degrees) so that the evaluator can tell them
-# apart by hue alone even after blur, noise and the +-15% brightness texture.
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "green": (30, 175, 50),
-    "blue": (35, 75, 215),
-    "yellow": (230, 200, 30),
-}
-
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-
-# Relation kind -> unit direction from B's centre towards A's centre ("A <kind> B").
-RELATIONS: dict[str, tuple[int, int]] = {
-    "left of": (-1, 0),
-    "right of": (1, 0),
-    "above": (0, -1),
-    "below": (0, 1),
-}
+from .grammar import describe, parse, random_spec
+from .vocabulary import COLORS, RELATIONS, SHAPES  # noqa: F401  (SHAPES: the world's word lists, read as world.SHAPES)
 
 BG_TEXTURES = ("stripes", "checker", "noise")
 OBJ_TEXTURES = ("none", "stripes", "dots", "noise")
@@ -320,7 +303,6 @@ def sample_scene_for_prompt(spec, rng: np.random.Generator, layout: str = "free"
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     sample = _sample_layout if layout == "free" else _sample_slot_layout
     if isinstance(spec, str):
-        from stepvar.toy.grammar import parse
 
         spec = parse(spec)
     kinds, first = [], []
@@ -341,7 +323,6 @@ def sample_scene_for_prompt(spec, rng: np.random.Generator, layout: str = "free"
 
 def random_prompt(rng: np.random.Generator) -> str:
     """A canonical prompt drawn uniformly over the grammar's forms (then contents)."""
-    from stepvar.toy.grammar import describe, random_spec
 
     return describe(random_spec(rng))
 
@@ -354,7 +335,6 @@ def make_pair(rng: np.random.Generator, size: int = 256, layout: str = "free"):
 
 def make_example(rng: np.random.Generator, size: int = 256, layout: str = "free"):
     """make_pair plus the scene itself (for object masks); draws from rng exactly like make_pair."""
-    from stepvar.toy.grammar import describe, random_spec
 
     spec = random_spec(rng)
     scene = sample_scene_for_prompt(spec, rng, layout)

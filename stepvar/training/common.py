@@ -128,6 +128,24 @@ class OptimConfig:
             raise ConfigError("optim: lr must be > 0, warmup_steps >= 0, decay_steps >= 1")
 
 
+def optim_for_run(default: OptimConfig, steps: int, lr: float | None = None, warmup_steps: int | None = None,
+                  decay_steps: int | None = None, resume_dir: str | os.PathLike | None = None) -> OptimConfig:
+    """Optimiser settings of a run: the given overrides over the config's. A fresh run's warm-up is
+    at most a tenth of `steps` and its cosine ends at `steps`; a resumed run (resume_dir holds its
+    config.json) keeps the LR curve it was started with, so `steps` can grow."""
+    import json
+    from dataclasses import replace
+
+    stored = Path(resume_dir) / "config.json" if resume_dir is not None else None
+    if stored is not None and stored.is_file():
+        base = OptimConfig(**json.loads(stored.read_text())["optim"])
+    else:
+        base = replace(default, warmup_steps=min(default.warmup_steps, max(1, steps // 10)), decay_steps=steps)
+    return replace(base, lr=base.lr if lr is None else lr,
+                   warmup_steps=base.warmup_steps if warmup_steps is None else warmup_steps,
+                   decay_steps=base.decay_steps if decay_steps is None else decay_steps)
+
+
 def lr_at(step: int, cfg: OptimConfig) -> float:
     """Learning rate of update `step` (0-based): linear warm-up, then constant or cosine decay."""
     if step < cfg.warmup_steps:

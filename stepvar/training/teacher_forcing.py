@@ -6,10 +6,10 @@ with a block-causal mask: a token attends to every token of its own scale and of
 earlier scales, never a later one. With the same inputs both paths compute the same
 logits (tests/test_training.py checks it), so what is trained is what is sampled.
 
-Scale inputs (spec §9): scale 0 is the start token cond_BD + pos_start; scale s > 0 is
+Scale inputs: scale 0 is the start token cond_BD + pos_start; scale s > 0 is
 word_embed of the accumulated codes after scale s-1, bilinearly resized to grid s. The
-targets are the bits of the residual quantized at each scale (spec §7.4). With bitwise
-self-correction (spec §12) the inputs follow a trajectory whose bits were randomly flipped,
+targets are the bits of the residual quantized at each scale. With bitwise
+self-correction the inputs follow a trajectory whose bits were randomly flipped,
 and the labels are the bits that correct it.
 
 Extra shape letters: Lt = schedule.total_tokens (all scales concatenated).
@@ -60,7 +60,7 @@ class ScaleTargets(NamedTuple):
 
 
 def _flip_probabilities(B: int, strength: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Per-row flip probability drawn uniformly from {0, 0.01, ..., strength} (spec §12)."""
+    """Per-row flip probability drawn uniformly from {0, 0.01, ..., strength}."""
     steps = int(round(strength * 100))
     return torch.randint(0, steps + 1, (B,), generator=generator).float() / 100
 
@@ -134,7 +134,7 @@ def forward_teacher_forced(model: Infinity, cond: Conditioning, x_inputs_BLC: to
         raise ConfigError(f"teacher forcing expects {Lt} input tokens ({schedule.describe()}), "
                           f"got {x_inputs_BLC.shape[1]}")
     device = x_inputs_BLC.device
-    # Level embedding (and position table) once, before block 0 (spec §5.7), exactly as model.add_level does per scale.
+    # Level embedding (and position table) once, before block 0, exactly as model.add_level does per scale.
     x = x_inputs_BLC.float() + model.lvl_embed.weight.float()[scale_ids(schedule, device)]
     if model.cfg.abs_pos_grid:
         x = x + torch.cat([model.position_table(s.h, s.w) for s in schedule.scales])

@@ -3,11 +3,11 @@
 One update:
   1. render a batch of (prompt, image) pairs (fresh scenes every step);
   2. frozen VAE: encode, then multi-scale residual bits (targets) and next-scale inputs, with
-     optional bitwise self-correction (spec §12: flip each bit of the first scales with a per-image
+     optional bitwise self-correction (flip each bit of the first scales with a per-image
      probability drawn from {0, 0.01, ..., strength}; labels correct the corrupted trajectory);
   3. encode the prompts with the toy text encoder (trained jointly); with probability cfg_dropout a
      row's text is replaced by the learned null text model.uncond_text(mask), which is what
-     classifier-free guidance uses at sampling time (spec §8);
+     classifier-free guidance uses at sampling time;
   4. teacher-forced forward over all scales at once (block-causal mask), cross-entropy over every
      bit of every token (logits (B, Lt, d, 2)), averaged uniformly over tokens and bits;
      optionally `prefix_batch` extra rows run only the first `prefix_scales` scales. Because the
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..loading.containers import save_checkpoint
-from ..models.bsq_vae import BSQVAE, VAEConfig
+from ..loading.embedded import EXPORT_FILES, load_embedded
+from ..models.bsq_vae import BSQVAE
 from ..models.config import InfinityConfig
 from ..models.infinity import Infinity
 from ..schedules import BUDGETS, ScaleSchedule, get_schedule
@@ -427,7 +428,7 @@ class GPTJob(Job):
         return self.update(batches, step)
 
 
-def _as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
+def as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
     """A BSQVAE, an export directory's VAE, or a VAE training run's."""
     return vae if isinstance(vae, BSQVAE) else load_vae_source(vae)
 
@@ -439,7 +440,7 @@ def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps:
 
     `vae`: a BSQVAE, or a VAE training checkpoint / run directory (train_vae's output).
     """
-    job = GPTJob(config, _as_vae(vae))
+    job = GPTJob(config, as_vae(vae))
     return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log)
 
 
@@ -447,8 +448,6 @@ def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps:
 # Export for shipping (the embedded model)
 # --------------------------------------------------------------------------------------------------
 
-EXPORT_FILES = {"transformer": "transformer.safetensors", "vae": "vae.safetensors",
-                "text_encoder": "text_encoder.safetensors"}
 
 
 def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
@@ -488,26 +487,3 @@ def _same_encoder_vae(trained_on: dict, path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: its encoder differs from the one the transformer was trained on; "
                               "only a decoder-only fine-tune of that VAE can replace it")
     return new
-
-
-def load_embedded(directory: str | os.PathLike, device: torch.device | str = "cpu"):
-    """(Infinity, BSQVAE, ToyTextEncoder) from an export_embedded directory, fp32, eval mode, trained."""
-    from ..loading.checkpoints import load_model_weights, load_vae_weights
-
-    d = Path(directory)
-    meta = json.loads((d / "model.json").read_text())
-    arch = InfinityConfig(**meta["arch"])
-    model = Infinity(arch)
-    load_model_weights(model, d / EXPORT_FILES["transformer"])
-    vae = BSQVAE(VAEConfig(**meta["vae"]))
-    load_vae_weights(vae, d / EXPORT_FILES["vae"])
-    text = ToyTextEncoder(ToyTextConfig(**{"mirror_relations": False, **meta["text"]}))  # older exports: unmirrored
-    from safetensors.torch import load_file
-
-    text.load_state_dict({k: v.float() for k, v in load_file(str(d / EXPORT_FILES["text_encoder"])).items()})
-    text.trained = True
-    for m in (model, vae, text):
-        m.float().to(device).eval()
-    model.init_buffers(device)
-    return model, vae, text
-

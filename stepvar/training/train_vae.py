@@ -8,7 +8,7 @@ Loss (kept simple on purpose; no GAN, no perceptual network):
                                                      quantizer can represent (VQ-VAE commitment)
 
 z_q is the sum of the upsampled per-scale codes of the multi-scale residual quantizer
-(spec §7.4, the same function the transformer's targets come from), so the decoder is
+(the same function the transformer's targets come from), so the decoder is
 trained on exactly what it decodes at generation time. The quantizer has no parameters;
 gradients pass it with a straight-through estimator, z + sg(z_q - z). BSQ's entropy terms
 (per-sample entropy down, codebook entropy up) are left out to keep the loss small: the
@@ -188,7 +188,7 @@ def load_vae_source(path: str | os.PathLike) -> BSQVAE:
     from pathlib import Path
 
     if (Path(path) / "model.json").is_file():
-        from .train_gpt import load_embedded  # train_gpt imports this module
+        from ..loading.embedded import load_embedded
 
         return load_embedded(path)[1]
     return load_trained_vae(path)

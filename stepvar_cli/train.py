@@ -1,4 +1,4 @@
-"""`stepvar train ...` and `stepvar eval`: thin adapters over stepvar.training and stepvar.evaluate."""
+"""`stepvar train vae|gpt|latents|export`: thin adapters over stepvar.training."""
 
 from __future__ import annotations
 
@@ -8,41 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from .console import out, run_guarded
+from .options import (CkptEveryOpt, CpuBf16Opt, DecayOpt, LROpt, ResumeOpt, RunDirOpt, StepsOpt, TrainBatchOpt,
+                      TrainDeviceOpt, TrainSeedOpt, WarmupOpt)
+
 train_app = typer.Typer(no_args_is_help=True, help="Train the project's own small models (the toy world).")
-
-OutDir = Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, log.jsonl, config.json).")]
-Steps = Annotated[int, typer.Option(help="Total updates; a resumed run continues up to this count.")]
-Resume = Annotated[bool, typer.Option(help="Resume from the run directory's checkpoint.")]
-Seed = Annotated[int, typer.Option(help="Seed for data, init and dropout: a run is reproducible from it.")]
-Batch = Annotated[int, typer.Option(help="Images per update.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-CkptEvery = Annotated[int, typer.Option(help="Write the checkpoint every this many updates (and at the end).")]
-CpuBf16 = Annotated[bool, typer.Option("--cpu-bf16", help="bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); refused on other CPUs.")]
-LR = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the config's).")]
-Warmup = Annotated[Optional[int], typer.Option(help="Linear warm-up updates (default: the config's).")]
-Decay = Annotated[Optional[int], typer.Option("--decay-steps", help="Cosine horizon; default --steps, so the LR reaches its floor at the end.")]
-
-
-def _optim(default, lr: float | None, warmup: int | None, decay: int | None, steps: int,
-           resume_dir: Path | None = None):
-    """Optimiser settings: the command line's overrides over the config's; a fresh run's cosine ends at
-    --steps, a resumed run keeps the LR curve it was started with (so --steps can grow)."""
-    from dataclasses import replace
-
-    from stepvar.training.common import OptimConfig
-
-    stored = resume_dir / "config.json" if resume_dir is not None else None
-    if stored is not None and stored.is_file():
-        base = OptimConfig(**json.loads(stored.read_text())["optim"])
-    else:
-        base = replace(default, warmup_steps=min(default.warmup_steps, max(1, steps // 10)), decay_steps=steps)
-    return replace(base, lr=base.lr if lr is None else lr, warmup_steps=base.warmup_steps if warmup is None else warmup,
-                   decay_steps=base.decay_steps if decay is None else decay)
 
 
 def _log_printer(as_json: bool):
-    from .app import out
-
     def on_log(record: dict) -> None:
         if as_json:
             print(json.dumps(record))
@@ -53,25 +26,24 @@ def _log_printer(as_json: bool):
 
 
 @train_app.command("vae")
-def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
+def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt = False, seed: TrainSeedOpt = 0, batch: TrainBatchOpt = 16,
                   init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights, or an export's (e.g. stepvar/assets/toy).")] = None,
                   object_weight: Annotated[float, typer.Option(help="Extra reconstruction weight on object pixels (1 + this).")] = 0.0,
                   decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
                   mix_image_size: Annotated[Optional[int], typer.Option(help="Also crop scenes rendered at this size (e.g. 512), --mix-batch of them per update.")] = None,
                   mix_batch: Annotated[int, typer.Option(help="Crops per update from --mix-image-size scenes.")] = 0,
-                  lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
-                  device: Device = "auto", cpu_bf16: CpuBf16 = False,
+                  lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
+                  device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy world's BSQ VAE on rendered scenes."""
+    from stepvar.training.common import optim_for_run
     from stepvar.training.train_vae import VAETrainConfig, train_vae
-
-    from .app import out, run_guarded
 
     def body():
         cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
                              object_weight=object_weight, mix_image_size=mix_image_size, mix_batch=mix_batch)
-        cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
+        cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False, on_log=_log_printer(as_json))
         out.print(f"VAE checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
 
@@ -79,8 +51,8 @@ def train_vae_cmd(out_dir: OutDir, steps: Steps = 5000, resume: Resume = False, 
 
 
 @train_app.command("gpt")
-def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The VAE (frozen): a VAE run directory or checkpoint, or an export directory such as stepvar/assets/toy.")],
-                  steps: Steps = 30000, resume: Resume = False, seed: Seed = 0, batch: Batch = 16,
+def train_gpt_cmd(out_dir: RunDirOpt, vae: Annotated[Path, typer.Option(help="The VAE (frozen): a VAE run directory or checkpoint, or an export directory such as stepvar/assets/toy.")],
+                  steps: StepsOpt = 30000, resume: ResumeOpt = False, seed: TrainSeedOpt = 0, batch: TrainBatchOpt = 16,
                   self_correction: Annotated[float, typer.Option(help="Bitwise self-correction strength (0 = off).")] = 0.0,
                   init_from: Annotated[Optional[Path], typer.Option(help="Start from these weights (an export directory or a transformer run) with a fresh optimiser.")] = None,
                   prefix_batch: Annotated[int, typer.Option(help="Extra rows per update trained on the first --prefix-scales scales only (cheap layout signal).")] = 0,
@@ -92,13 +64,12 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                   mix_latents: Annotated[Optional[Path], typer.Option(help="A second pool at another resolution (e.g. 512 px beside --latents' 256 px), trained in the same updates; the model learns which resolution a row is.")] = None,
                   mix_batch: Annotated[int, typer.Option(help="Full rows per update from --mix-latents (with --batch, sets the ratio).")] = 0,
                   mix_prefix_batch: Annotated[int, typer.Option(help="Prefix rows per update from --mix-latents.")] = 0,
-                  lr: LR = None, warmup: Warmup = None, decay_steps: Decay = None, ckpt_every: CkptEvery = 500,
-                  device: Device = "auto", cpu_bf16: CpuBf16 = False,
+                  lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
+                  device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Train the toy transformer and its grammar text encoder against a frozen VAE."""
+    from stepvar.training.common import optim_for_run
     from stepvar.training.train_gpt import GPTTrainConfig, train_transformer
-
-    from .app import out, run_guarded
 
     def body():
         cfg = GPTTrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, self_correction=self_correction,
@@ -108,7 +79,7 @@ def train_gpt_cmd(out_dir: OutDir, vae: Annotated[Path, typer.Option(help="The V
                              form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting,
                              mix_latents=None if mix_latents is None else str(mix_latents), mix_batch=mix_batch,
                              mix_prefix_batch=mix_prefix_batch)
-        cfg.optim = _optim(cfg.optim, lr, warmup, decay_steps, steps, out_dir if resume else None)
+        cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json))
         out.print(f"transformer checkpoint at step {res.step}: {res.checkpoint}") if not as_json else None
@@ -138,20 +109,18 @@ def _every(k_step: int, fn):
 @train_app.command("latents")
 def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The pool file to write (safetensors).")],
                 vae: Annotated[Path, typer.Option(help="The frozen VAE the transformer will train against (as for `train gpt --vae`).")],
-                n: Annotated[int, typer.Option(help="Scenes in the pool.")] = 20000, seed: Seed = 1,
+                n: Annotated[int, typer.Option(help="Scenes in the pool.")] = 20000, seed: TrainSeedOpt = 1,
                 size: Annotated[int, typer.Option(help="Image side in pixels (the schedule's).")] = 256,
                 layout: Annotated[str, typer.Option(help="Object placement: free (anywhere) or slots (one jittered arrangement per prompt form).")] = "free",
-                device: Device = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+                device: TrainDeviceOpt = "auto", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Render and VAE-encode a pool of scenes once, for `train gpt --latents` (about twice the update rate on CPU)."""
     from stepvar.devices import resolve_device
     from stepvar.training.latent_pool import build_latent_pool, save_latent_pool
-    from stepvar.training.train_gpt import _as_vae
-
-    from .app import out, run_guarded
+    from stepvar.training.train_gpt import as_vae
 
     def body():
         dev = resolve_device(device)
-        pool = build_latent_pool(_as_vae(vae).to(dev), n, seed, size, device=dev, layout=layout,
+        pool = build_latent_pool(as_vae(vae).to(dev), n, seed, size, device=dev, layout=layout,
                                  on_progress=None if as_json else _every(2048, lambda k, total: out.print(f"encoded {k}/{total}")))
         save_latent_pool(pool, out_file)
         if as_json:
@@ -165,68 +134,9 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
 
 @train_app.command("export")
 def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer run directory or checkpoint.")],
-               out_dir: OutDir,
+               out_dir: RunDirOpt,
                vae: Annotated[Optional[Path], typer.Option(help="Ship this decoder-only fine-tune of the run's VAE instead.")] = None) -> None:
     """Write the shippable fp16 weights (transformer, VAE, text encoder) and model.json."""
     from stepvar.training.train_gpt import export_embedded
 
-    from .app import out, run_guarded
-
     run_guarded(lambda: out.print(f"exported to {export_embedded(checkpoint, out_dir, vae=vae)}"))
-
-
-def eval_cmd(
-    images: Annotated[Optional[Path], typer.Option(help="Score the PNGs in this directory (prompt read from each PNG).")] = None,
-    prompts: Annotated[Optional[Path], typer.Option(help="Prompt file, one per line (default: the held-out set).")] = None,
-    samples: Annotated[int, typer.Option(help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model preset.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Another export of the model (`stepvar train export`), e.g. a continued run.")] = None,
-    method: Annotated[str, typer.Option(help="Pruning method.")] = "dense",
-    keep: Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales.")] = None,
-    seed: Annotated[int, typer.Option(help="First sampler seed.")] = 0,
-    cfg: Annotated[Optional[str], typer.Option(help="CFG scale or per-scale list. [default: the model preset's]")] = None,
-    tau: Annotated[Optional[str], typer.Option(help="Temperature or per-scale list. [default: the model preset's]")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the images and eval.json here.")] = None,
-    resolution: Annotated[Optional[int], typer.Option("--resolution", "-r", help="Square resolution to generate at (default: the model's own).")] = None,
-    device: Device = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
-    """Score images GenEval-style on the toy world: object, count, colour, position."""
-    from stepvar.errors import StepvarError
-    from stepvar.evaluate import evaluate_image_dir, evaluate_pipeline
-    from stepvar.schedules import schedule_for
-    from stepvar.toy.evaluator import load_prompts
-
-    from .app import _pruner, err, out, run_guarded, sampling_options
-
-    def body():
-        if images is not None:
-            report = evaluate_image_dir(images)
-            status = None
-        else:
-            from stepvar.pipeline import load_pipeline
-
-            if samples < 1:
-                raise StepvarError(f"--samples must be >= 1, got {samples}")
-            prompt_list = load_prompts(prompts)
-            pruner = _pruner(method, keep, None, None)
-            pipe = load_pipeline(model, weights, device=device)
-            status = pipe.status
-            if not pipe.trained:
-                err.print(f"[yellow]note:[/] {pipe.preset.name} is {pipe.status}; its score says nothing about trained quality")
-            sampling = sampling_options(model, cfg, tau, None, seed)
-            schedule = None if resolution is None else schedule_for(resolution, "1:1", pipe.vae.cfg.token_stride)
-            if schedule is not None:
-                pipe.check_schedule(schedule)  # before any directory is made
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir, schedule=schedule)
-        data = report.to_dict() | ({"model_status": status} if status else {})
-        if as_json:
-            print(json.dumps(data, default=str))
-            return
-        for name, value in data.get("categories", {}).items():
-            out.print(f"{name:>14}: {value:.3f}")
-        out.print(f"{'overall':>14}: [bold]{data['overall']:.3f}[/] over {data['n_images']} images")
-
-    run_guarded(body)

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .models.blocks import CrossAttnBlock, KVCache, TextContext
-from .models.config import load_model_preset
-from .models.rope import Rope2D
-from .pruning.base import gather_rows
-from .pruning.propagation import nearest_kept, propagate
-from .pruning.scores import joint_score, keep_count, select_topk
-from .schedules import get_schedule
+from ..models.blocks import CrossAttnBlock, KVCache, TextContext
+from ..models.config import load_model_preset
+from ..models.rope import Rope2D
+from ..pruning.base import gather_rows
+from ..pruning.propagation import nearest_kept, propagate
+from ..pruning.scores import joint_score, keep_count, select_topk
+from ..schedules import get_schedule
 
 
 @dataclass

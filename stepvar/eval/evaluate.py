@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import StepvarError
-from .io import read_png_metadata, save_image, save_json
-from .pipeline import Pipeline
-from .pruning.base import Pruner
-from .sampling import SamplingConfig
-from .schedules import ScaleSchedule
-from .toy.evaluator import EvalReport, evaluate, load_prompts
-from .toy.grammar import parse
+from ..errors import StepvarError
+from ..io import read_png_metadata, save_image, save_json
+from ..pipeline import Pipeline
+from ..pruning.base import Pruner
+from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule
+from ..toy.evaluator import EvalReport, evaluate, load_prompts
+from ..toy.grammar import parse
 
 
 def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: Pruner | None = None,

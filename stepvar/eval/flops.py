@@ -8,7 +8,7 @@ real run (tested), so the FLOP-bound speedup dense/method is an upper bound on w
 pruning can buy, and the measured speedup can be read against it.
 
 Per scale si and layer l, with n tokens per row in a branch (from the TokenCounter, or
-simulated from a pruner's plan) and R model rows (2x prompts with CFG):
+from a method's PruningPlan) and R model rows (2x prompts with CFG):
     SA   qkv 2nC*3C + scores and weighted sum 2*2*n*S*C + out proj 2nC^2, where S is the
          KV length: this layer's SA tokens at every earlier scale plus this scale's
     CA   q 2nC^2 + attention over T text tokens 2*2*n*T*C + out proj 2nC^2
@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
-from .errors import ConfigError
-from .models.config import InfinityConfig
-from .schedules import ScaleSchedule
+from ..errors import ConfigError
+from ..models.config import InfinityConfig
+from ..schedules import ScaleSchedule
 
 PARTS = ("sa", "ca", "ffn", "head", "embed", "conditioning")
 
@@ -109,37 +109,9 @@ def result_flops(cfg: InfinityConfig, sample, schedule: ScaleSchedule, cfg_scale
 
 # ---- the same count without running the model ------------------------------------------------
 def planned_counts(pruner, schedule: ScaleSchedule, depth: int) -> tuple[dict[tuple[int, int, str], int], set[int]]:
-    """Per-row token counts a pruner will produce, from its resolved plan alone.
-
-    Dense: every token everywhere. StepVAR and FastVAR: at a pruned scale with k < L the
-    layers [first_layer, end_layer) process k tokens in every branch, the others all L;
-    FastVAR's skipped scales process nothing. (Selection mode, order and score do not
-    change the counts.)
-    """
-    from .pruning.base import Dense
-    from .pruning.fastvar import FastVAR
-    from .pruning.scores import keep_count
-    from .pruning.stepvar import StepVAR
-
-    if isinstance(pruner, Dense):
-        plan, skip = None, set()
-    elif isinstance(pruner, StepVAR):
-        plan, skip = pruner.resolve(schedule, depth), set()
-    elif isinstance(pruner, FastVAR):
-        plan, skip, _cache = pruner.resolve(schedule, depth)
-    else:
-        raise ConfigError(f"plan_flops does not know how method {pruner.name!r} counts tokens; run it and use count_flops")
-    counts: dict[tuple[int, int, str], int] = {}
-    for si, scale in enumerate(schedule.scales):
-        if si in skip:
-            continue
-        L = scale.n
-        k = keep_count(L, plan.keep[si], rounding=pruner.cfg.rounding) if plan is not None and plan.prunes(si) else L
-        for layer in range(depth):
-            n = k if plan is not None and plan.first_layer <= layer < plan.end_layer else L
-            for branch in ("sa", "ca", "ffn"):
-                counts[(si, layer, branch)] = n
-    return counts, skip
+    """Per-row token counts a method will produce, and the scales it skips, from its plan alone."""
+    plan = pruner.plan(schedule, depth)
+    return plan.counts(), set(plan.skipped)
 
 
 def plan_flops(cfg: InfinityConfig, schedule: ScaleSchedule, pruner, rows: int | Sequence[int], text_len: int,
@@ -165,7 +137,7 @@ def decode_flops(vae_cfg, latent_hw: tuple[int, int], batch: int = 1) -> int:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
-        from .models.bsq_vae import BSQVAE
+        from ..models.bsq_vae import BSQVAE
 
         with torch.device("meta"):
             vae = BSQVAE(vae_cfg)

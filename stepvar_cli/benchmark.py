@@ -1,9 +1,4 @@
-"""`stepvar bench` and `stepvar compare`: option parsing and printing around stepvar.bench / stepvar.compare.
-
-Registered on the app at the bottom of stepvar_cli/app.py. The shared option aliases are
-imported from app.py at the END of this module: annotations are strings here (resolved by
-Typer when the CLI is built), so either module can be imported first without a cycle.
-"""
+"""`stepvar bench`, `compare` and `overhead`: option parsing and printing around stepvar.eval."""
 
 from __future__ import annotations
 
@@ -15,29 +10,18 @@ import typer
 from rich import box
 from rich.table import Table
 
-ResListOpt = Annotated[Optional[str], typer.Option(
-    "--resolution", "-r", help="256, 512, 768, 1024, 2048, or a comma list (e.g. 256,512,1024); default: the model's own.")]
-MethodsOpt = Annotated[str, typer.Option(
-    help="Comma list of methods (see `stepvar methods`); name@KEEP pins a keep, name:key=value sets options. "
-         "dense is always run: speedups are against it.")]
-KeepListOpt = Annotated[Optional[str], typer.Option(
-    "--keep", help="Keep ratio(s), comma list, for methods whose preset has a keep (stepvar and ablations); "
-                   "fastvar/fastvar-skip run at their release ratios unless written fastvar@0.4.")]
-PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="Prompt used for every run.")]
+from .console import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, err, fail, out, run_guarded
+from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, JsonOpt, KeepListOpt, MethodsOpt, ModelOpt, ResListOpt,
+                      ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, sampling_options)
 
 
 def _resolutions(text: str | None, default_budget: str) -> list[int]:
-    from stepvar.errors import ConfigError
     from stepvar.options import parse_int_list
-    from stepvar.schedules import RESOLUTIONS
+    from stepvar.schedules import check_resolutions, resolution_for_budget
 
     if text is None:
-        return [next(r for r, b in RESOLUTIONS.items() if b == default_budget)]
-    values = parse_int_list(text, "resolution") or []
-    bad = [v for v in values if v not in RESOLUTIONS]
-    if not values or bad:
-        raise ConfigError(f"--resolution must be one or more of {', '.join(map(str, RESOLUTIONS))}, got {text!r}")
-    return list(dict.fromkeys(values))
+        return [resolution_for_budget(default_budget)]
+    return check_resolutions(parse_int_list(text, "resolution") or [])
 
 
 def _keeps(text: str | None) -> list[float] | None:
@@ -51,13 +35,9 @@ def _keeps(text: str | None) -> list[float] | None:
     return [check_keep(v, "--keep") for v in values]
 
 
-def _sampling(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int):
-    return cli.sampling_options(model, cfg, tau, top_p, seed)
-
-
 def _note_untrained(pipe) -> None:
     if not pipe.trained:
-        cli.err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: timings and FLOPs are real, "
+        err.print(f"[yellow]note:[/] model {pipe.preset.name} is {pipe.status}: timings and FLOPs are real, "
                       "fidelity numbers describe random weights")
 
 
@@ -75,7 +55,7 @@ def _table(head: list[str], cells: list[list[str]], title: str) -> Table:
 
 
 def bench(
-    resolution: ResListOpt = None, aspect: cli.AspectOpt = None,
+    resolution: ResListOpt = None, aspect: AspectOpt = None,
     methods: MethodsOpt = "dense,stepvar,fastvar,fastvar-skip", keep: KeepListOpt = None,
     batch: Annotated[int, typer.Option(help="Prompts per generation (one larger batch is worth a second run).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs per configuration (median and IQR).")] = 3,
@@ -83,32 +63,32 @@ def bench(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt used for every run (default: the model preset's example prompt).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory for report.json/.csv/.md and plots (created).")] = None,
     flops_only: Annotated[bool, typer.Option("--flops-only", help="Analytic FLOPs only: nothing runs, no weights needed (any model on any machine).")] = False,
-    model: cli.ModelOpt = None, weights: cli.WeightsOpt = None, vae: cli.VaeOpt = None, text_encoder: cli.TextEncOpt = None,
-    seed: cli.SeedOpt = 0, cfg: cli.CfgOpt = None, tau: cli.TauOpt = None, top_p: cli.TopPOpt = None,
-    device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
+    model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
+    seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
-    from stepvar.bench import prepare_out_dir, run_bench, write_bench_outputs
-    from stepvar.report_md import bench_compact_rows
+    from stepvar.eval.bench import run_bench, write_bench_outputs
+    from stepvar.eval.runs import prepare_out_dir
+    from stepvar.eval.report_md import bench_compact_rows
 
     def body():
         keeps = _keeps(keep)
         methods_list = _split(methods)
-        sampling = _sampling(model, cfg, tau, top_p, seed)
+        sampling = sampling_options(model, cfg, tau, top_p, seed)
         from stepvar.models.config import load_model_preset
-        from stepvar.pipeline import DEFAULT_MODEL
 
-        text = prompt if prompt is not None else load_model_preset(model or DEFAULT_MODEL).example_prompt
+        text = prompt if prompt is not None else load_model_preset(model).example_prompt
         if flops_only:
             report = _flops_only(model, resolution, methods_list, keeps, batch, text, aspect, sampling)
             if out_dir is not None:
                 write_bench_outputs(report, prepare_out_dir(out_dir), final=True)
         else:
-            from stepvar.bench import expand_configs
+            from stepvar.eval.runs import expand_configs
             from stepvar.pipeline import load_pipeline
 
             # Everything that can be checked without weights is checked before they load.
-            res = _resolutions(resolution, load_model_preset(model or DEFAULT_MODEL).arch.default_budget)
+            res = _resolutions(resolution, load_model_preset(model).arch.default_budget)
             expand_configs(methods_list, keeps)
             if out_dir is not None:
                 prepare_out_dir(out_dir)
@@ -117,18 +97,18 @@ def bench(
             try:
                 report = run_bench(pipe, res, methods_list, keeps, batch, repeats, warmup, [text], seed,
                                    out_dir=out_dir, aspect=aspect or "1:1", sampling=sampling,
-                                   on_progress=lambda msg: cli.err.print(msg, highlight=False))
+                                   on_progress=lambda msg: err.print(msg, highlight=False))
             except KeyboardInterrupt:
                 where = f"; finished rows are in {out_dir / 'report.json'}" if out_dir is not None else ""
-                cli.fail(f"interrupted{where}", 130)
+                fail(f"interrupted{where}", EXIT_INTERRUPTED)
         _print_report(report.to_dict(), as_json, bench_compact_rows, _bench_title(report), out_dir)
         if report.failures:
-            cli.err.print(f"[red]{len(report.failures)} configuration(s) failed[/]: "
+            err.print(f"[red]{len(report.failures)} configuration(s) failed[/]: "
                           + "; ".join(f"{r['label']} at {r['resolution']}: {r['status']}" for r in report.failures),
                           highlight=False)
-            raise typer.Exit(cli.EXIT_CHECK_FAILED)
+            raise typer.Exit(EXIT_CHECK_FAILED)
 
-    cli.run_guarded(body)
+    run_guarded(body)
 
 
 def _bench_title(report) -> str:
@@ -143,7 +123,7 @@ def _bench_title(report) -> str:
 
 
 def _memory_kind(rows: list[dict]) -> str:
-    from stepvar.report_md import MEMORY_KINDS
+    from stepvar.eval.report_md import MEMORY_KINDS
 
     kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
     return "; ".join(MEMORY_KINDS.get(k, k) for k in kinds) or "not measured"
@@ -156,11 +136,10 @@ def _split(methods: str) -> list[str]:
 
 
 def _flops_only(model, resolution, methods_list, keeps, batch, prompt, aspect, sampling):
-    from stepvar.bench import plan_bench
+    from stepvar.eval.bench import plan_bench
     from stepvar.models.config import load_model_preset
-    from stepvar.pipeline import DEFAULT_MODEL
 
-    preset = load_model_preset(model or DEFAULT_MODEL)
+    preset = load_model_preset(model)
     res = _resolutions(resolution, preset.arch.default_budget)
     return plan_bench(preset.name, res, methods_list, keeps, batch, [prompt], aspect or "1:1", sampling)
 
@@ -169,9 +148,9 @@ def _print_report(data: dict, as_json: bool, table_rows, title: str, out_dir: Pa
     if as_json:
         print(json.dumps(data, default=str))
         return
-    cli.out.print(_table(*table_rows(data["results"]), title=title))
+    out.print(_table(*table_rows(data["results"]), title=title))
     if out_dir is not None:
-        cli.out.print(f"wrote {out_dir}/report.json, report.csv, report.md and plots", highlight=False)
+        out.print(f"wrote {out_dir}/report.json, report.csv, report.md and plots", highlight=False)
 
 
 def compare(
@@ -179,51 +158,50 @@ def compare(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="One prompt.")] = None,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A text file, one prompt per line (# comments and blank lines skipped).")] = None,
     methods: MethodsOpt = "dense,stepvar,fastvar,fastvar-skip", keep: KeepListOpt = None,
-    resolution: cli.ResOpt = None, aspect: cli.AspectOpt = None, size: cli.SizeOpt = None,
+    resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs of every method before the compared runs.")] = 1,
-    model: cli.ModelOpt = None, weights: cli.WeightsOpt = None, vae: cli.VaeOpt = None, text_encoder: cli.TextEncOpt = None,
-    seed: cli.SeedOpt = 0, cfg: cli.CfgOpt = None, tau: cli.TauOpt = None, top_p: cli.TopPOpt = None,
-    device: cli.DeviceOpt = "auto", dtype: cli.DtypeOpt = "auto", as_json: cli.JsonOpt = False,
+    model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
+    seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
-    from stepvar.bench import prepare_out_dir
-    from stepvar.compare import run_compare
-    from stepvar.options import choose_schedule
+    from stepvar.eval.compare import run_compare
+    from stepvar.eval.runs import prepare_out_dir
     from stepvar.pipeline import load_pipeline
-    from stepvar.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
+    from stepvar.eval.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
 
     def body():
         prompts = _read_prompts(prompt, prompts_file)
         keeps = _keeps(keep)
         methods_list = _split(methods)
-        sampling = _sampling(model, cfg, tau, top_p, seed)
+        sampling = sampling_options(model, cfg, tau, top_p, seed)
         if warmup < 0:
-            cli.fail(f"--warmup must be >= 0, got {warmup}")
+            fail(f"--warmup must be >= 0, got {warmup}")
         prepare_out_dir(out_dir)
         pipe = load_pipeline(model, weights, vae, text_encoder, device, dtype)
-        schedule = choose_schedule(resolution, aspect, size, pipe.preset.arch.default_budget, pipe.vae.cfg.token_stride)
+        schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         _note_untrained(pipe)
         try:
             report = run_compare(pipe, prompts, methods_list, keeps, seed, schedule, out_dir, sampling, warmup,
-                                 on_progress=lambda msg: cli.err.print(msg, highlight=False))
+                                 on_progress=lambda msg: err.print(msg, highlight=False))
         except KeyboardInterrupt:
-            cli.fail(f"interrupted; finished prompts are in {out_dir / 'report.json'}", 130)
+            fail(f"interrupted; finished prompts are in {out_dir / 'report.json'}", EXIT_INTERRUPTED)
         data = report.to_dict()
         if as_json:
             print(json.dumps(data, default=str))
         else:
-            cli.out.print(_table(*compare_compact_rows(data["results"]),
+            out.print(_table(*compare_compact_rows(data["results"]),
                                  title=f"stepvar compare: fidelity to dense, seed {seed}, {schedule.describe()}"))
             if len(prompts) > 1:
-                cli.out.print(_table(*summary_table_rows(data["summary"]), title=f"mean ± std over {len(prompts)} prompts"))
+                out.print(_table(*summary_table_rows(data["summary"]), title=f"mean ± std over {len(prompts)} prompts"))
                 if data["paired"]:
-                    cli.out.print(_table(*paired_table_rows(data["paired"]),
+                    out.print(_table(*paired_table_rows(data["paired"]),
                                          title="paired over the same prompts: A − B ± standard error"))
-            cli.out.print(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image", highlight=False)
+            out.print(f"wrote {out_dir}/grid.png, report.json, report.md and one PNG per image", highlight=False)
         if report.failures:
-            raise typer.Exit(cli.EXIT_CHECK_FAILED)
+            raise typer.Exit(EXIT_CHECK_FAILED)
 
-    cli.run_guarded(body)
+    run_guarded(body)
 
 
 def _read_prompts(prompt: str | None, path: Path | None) -> list[str]:
@@ -244,5 +222,33 @@ def _read_prompts(prompt: str | None, path: Path | None) -> list[str]:
     return check_prompts(prompts)
 
 
-# At the end on purpose (see the module docstring): the annotations above name these aliases.
-import stepvar_cli.app as cli  # noqa: E402
+def overhead(
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture whose width and depth are used.")] = "infinity-2b",
+    resolution: Annotated[int, typer.Option("--resolution", "-r", help="Nominal resolution; the last scale is measured.")] = 1024,
+    keep: Annotated[float, typer.Option(help="Keep ratio.")] = 0.4,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median).")] = 3,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Time StepVAR's selection + propagation against the dense block stack of the same scale."""
+    from stepvar.devices import resolve_device
+    from stepvar.errors import StepvarError
+    from stepvar.eval.overhead import measure_selection_overhead
+    from stepvar.pruning.plan import check_keep
+    from stepvar.schedules import RESOLUTIONS
+
+    def body():
+        if resolution not in RESOLUTIONS:
+            raise StepvarError(f"no schedule for resolution {resolution}; choose one of {', '.join(map(str, RESOLUTIONS))}")
+        check_keep(keep)
+        r = measure_selection_overhead(model, RESOLUTIONS[resolution], -1, keep, repeats=repeats,
+                                       device=str(resolve_device(device)))
+        if as_json:
+            print(json.dumps(r.to_dict()))
+            return
+        out.print(f"{model} {r.grid[0]}x{r.grid[1]} scale, width {r.width}, {r.rows} rows, keep {keep}, {r.device}, {r.threads} threads")
+        out.print(f"  selection + propagation: {r.selection_s * 1e3:.1f} ms  ({', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in r.selection_parts_s.items())})")
+        out.print(f"  one dense block: {r.block_s:.3f} s; block stack ({r.depth} layers): {r.stack_s:.2f} s")
+        out.print(f"  overhead: [bold]{100 * r.overhead_fraction:.3f}%[/] of the scale's dense block-stack time")
+
+    run_guarded(body)

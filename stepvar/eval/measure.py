@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import __version__
+from .. import __version__
 
 
 @dataclass

@@ -7,7 +7,7 @@ Protocol (docs/bench_schema.md has the report schema):
    so slow drift of the machine hits all methods alike and ratios stay meaningful.
 3. Each run is one Pipeline.generate() call (same prompts, same seed); its own timings give
    text, transformer loop (with per-scale times) and decode, synchronised on CUDA. Peak memory
-   is reset before each run (stepvar.measure says what is measured on which device).
+   is reset before each run (stepvar.eval.measure says what is measured on which device).
 4. When a resolution's rounds end, its rows are appended and report.json / report.csv are
    rewritten atomically, so an interrupted bench keeps every finished row. A configuration
    that raises is recorded as a failed row at once and left out of later rounds.
@@ -27,14 +27,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .flops import decode_flops, plan_flops, planned_counts, result_flops, rows_per_scale
-from .io import save_json, save_text
-from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment, peak_memory
-from .pruning.base import check_keep
-from .pruning.registry import make_pruner_from_spec, method_preset, parse_method_spec
-from .sampling import SamplingConfig
-from .schedules import ScaleSchedule, schedule_for
+from ..io import save_json, save_text
+from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment
+from .runs import BenchConfig, expand_configs, one_line_error, prepare_out_dir, run_once, scalar_keep
+from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule, schedule_for
 
 SCHEMA_VERSION = 1
 
@@ -85,59 +84,6 @@ ROW_REQUIRED = ("method", "keep", "resolution", "latency_s", "peak_memory_bytes"
                 "flop_speedup_bound", "status")
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """One method at one keep ratio (keep None: the method's own ratios)."""
-
-    spec: str
-    keep: float | None = None
-
-    @property
-    def label(self) -> str:
-        return self.spec if self.keep is None else f"{self.spec}@{self.keep:g}"
-
-    def pruner(self):
-        return make_pruner_from_spec(self.spec, self.keep)
-
-
-def _takes_keep(spec: str) -> bool:
-    name, overrides = parse_method_spec(spec)
-    return "keep" not in overrides and method_preset(name).get("keep") is not None
-
-
-def expand_configs(methods: Sequence[str], keeps: Sequence[float] | None) -> list[BenchConfig]:
-    """Method specs x keep ratios, dense first.
-
-    `--keep` applies to methods whose preset has a keep (stepvar and its ablations). Methods
-    without one (fastvar, fastvar-skip: the release's per-width ratios) run once at their own
-    settings; `name@0.4` pins one keep for any method. Dense is added if missing: every
-    speedup is against it.
-    """
-    out: list[BenchConfig] = [BenchConfig("dense")]
-    for spec in methods:
-        spec = spec.strip()
-        base, at, pinned = spec.rpartition("@")
-        name = parse_method_spec(base if at else spec)[0]
-        if name == "dense":
-            if at:
-                raise ConfigError(f"method {spec!r}: dense takes no keep ratio")
-            continue
-        if at:
-            try:
-                configs = [BenchConfig(base.strip(), check_keep(float(pinned), f"keep of {spec!r}"))]
-            except ValueError:
-                raise ConfigError(f"method {spec!r}: the part after @ must be a keep ratio, e.g. fastvar@0.4") from None
-        elif _takes_keep(spec):
-            preset_keep = method_preset(name)["keep"]
-            configs = [BenchConfig(spec, float(k)) for k in (keeps or [preset_keep])]
-        else:
-            configs = [BenchConfig(spec)]
-        out += [c for c in configs if c not in out]
-    for c in out:
-        c.pruner()  # unknown names and bad keeps fail here, before anything runs
-    return out
-
-
 @dataclass
 class _Runs:
     """What the timed runs of one configuration at one resolution produced."""
@@ -182,18 +128,6 @@ def _iqr(xs: Sequence[float]) -> float | None:
     return q[2] - q[0]
 
 
-def _run_once(pipeline, prompts: list[str], schedule: ScaleSchedule, pruner, sampling: SamplingConfig):
-    """One generation with its peak memory. A seam for tests (they inject failures here)."""
-    with peak_memory(pipeline.device) as box:
-        result = pipeline.generate(prompts, schedule, pruner, sampling)
-    return result, box[0]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 # ---- rows ---------------------------------------------------------------------------------------
 def _token_summary(counts, schedule: ScaleSchedule, depth: int, skipped: set[int]) -> tuple[list[dict], float]:
     summary, done, dense = [], 0, 0
@@ -215,14 +149,9 @@ def _flop_fields(flops, dec: int, batch: int) -> dict:
 
 def _static_fields(config: BenchConfig, pruner, res: int, aspect: str, schedule: ScaleSchedule, batch: int) -> dict:
     hpx, wpx = schedule.pixel_size
-    return {"method": config.spec, "label": config.label, "keep": _scalar_keep(pruner), "resolution": res,
+    return {"method": config.spec, "label": config.label, "keep": scalar_keep(pruner), "resolution": res,
             "aspect": aspect, "size_wh": [wpx, hpx], "batch": batch, "pruned_scales": pruner.pruned_scales(schedule),
             "skipped_scales": [], "pruning": pruner.config_dict()}
-
-
-def _scalar_keep(pruner) -> float | None:
-    keep = getattr(getattr(pruner, "cfg", None), "keep", None)
-    return float(keep) if isinstance(keep, (int, float)) else None
 
 
 def _empty_row(static: dict, status: str, measured: bool = True) -> dict:
@@ -377,9 +306,9 @@ def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repea
             if runs.error is not None:
                 continue
             try:
-                result, mem = _run_once(pipeline, prompts, schedule, runs.pruner, sampling)
+                result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling)
             except Exception as exc:  # one configuration failing must not lose the others
-                runs.error = _one_line(exc)
+                runs.error = one_line_error(exc)
                 say(f"[{res}] {c.label}: FAILED {runs.error}")
                 emit(_empty_row(runs.static, f"failed: {runs.error}"))
                 if pipeline.device.type == "cuda":
@@ -405,10 +334,10 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
                batch: int = 1, prompts: Sequence[str] = ("a lighthouse at dawn",), aspect: str = "1:1",
                sampling: SamplingConfig | None = None) -> BenchReport:
     """FLOP rows without running anything (--flops-only): any architecture, on any machine."""
-    from .models.bsq_vae import VAE_PRESETS
-    from .models.config import load_model_preset
-    from .sampling import LatentCodec
-    from .text import HashTextEncoder
+    from ..models.bsq_vae import VAE_PRESETS
+    from ..models.config import load_model_preset
+    from ..sampling import LatentCodec
+    from ..text import HashTextEncoder
 
     preset = load_model_preset(preset_name)
     arch, vae_cfg = preset.arch, VAE_PRESETS[preset.arch.vae]
@@ -441,24 +370,6 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
 
 
 # ---- outputs ------------------------------------------------------------------------------------
-def prepare_out_dir(path: str | Path) -> Path:
-    """Create the output directory (and parents) and check it is writable, before any compute."""
-    import os
-
-    from .errors import StepvarError
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StepvarError(f"--out {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StepvarError(f"cannot create output directory {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise StepvarError(f"output directory is not writable: {path}")
-    return path
-
-
 def rows_to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS), extrasaction="ignore", lineterminator="\n")

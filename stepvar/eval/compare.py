@@ -18,15 +18,15 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import BenchConfig, _one_line, _run_once, _scalar_keep, expand_configs, prepare_out_dir
-from .errors import ConfigError
-from .io import atomic_path, save_image, save_json, save_text
+from .runs import BenchConfig, expand_configs, one_line_error, prepare_out_dir, run_once, scalar_keep
+from ..errors import ConfigError
+from ..io import atomic_path, save_image, save_json, save_text
 from .measure import environment
 from .metrics import paired_fidelity
 from .paired import paired_comparisons
 from .report_md import fmt_seconds
-from .sampling import SamplingConfig
-from .schedules import ScaleSchedule
+from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule
 
 GRID_TILE = 256  # px: grid tiles are downscaled to at most this side
 GRID_MAX_PROMPTS = 8  # grid rows; every image is still written on its own
@@ -57,7 +57,7 @@ def image_name(prompt_index: int, config: BenchConfig) -> str:
 
 def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: str | None) -> dict:
     return {"prompt_index": idx, "prompt": prompt, "method": config.spec, "label": config.label,
-            "keep": _scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
+            "keep": scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
             "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
             "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None, "score": None,
@@ -104,7 +104,7 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     for w in range(warmup):
         for c in configs:
             try:
-                _run_once(pipeline, [prompts[0]], schedule, c.pruner(), sampling)
+                run_once(pipeline, [prompts[0]], schedule, c.pruner(), sampling)
             except Exception:  # noqa: BLE001 - the timed pass records the failure
                 pass
         say(f"warm-up {w + 1}/{warmup} done")
@@ -126,8 +126,8 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
 
 def toy_spec(prompt: str):
     """The prompt's parse in the toy world's grammar, or None: only such prompts can be scored."""
-    from .errors import StepvarError
-    from .toy.grammar import parse
+    from ..errors import StepvarError
+    from ..toy.grammar import parse
 
     try:
         return parse(prompt)
@@ -137,7 +137,7 @@ def toy_spec(prompt: str):
 
 def _score(row: dict, image: np.ndarray, spec) -> None:
     """The evaluator's verdicts for this image: score = 1.0 when every requirement holds."""
-    from .toy.evaluator import score
+    from ..toy.evaluator import score
 
     verdicts = score(image, spec)
     row["score"] = float(verdicts.pop("overall"))
@@ -155,9 +155,9 @@ def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, rep
             if c.spec == "dense" and ref is not None:
                 result, mem = ref
             else:
-                result, mem = _run_once(pipeline, [prompt], schedule, pruner, sampling)
+                result, mem = run_once(pipeline, [prompt], schedule, pruner, sampling)
         except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others
-            row.update(status=f"failed: {_one_line(exc)}", image=None)
+            row.update(status=f"failed: {one_line_error(exc)}", image=None)
             report.rows.append(row)
             say(f"[{idx}] {c.label}: FAILED {row['status']}")
             if ref is None:  # without the dense reference nothing else can be compared

@@ -1,0 +1,102 @@
+"""What bench and compare share: a method list expanded into configurations, one timed run, the output folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError
+from ..pruning.plan import check_keep
+from ..pruning.registry import default_keep, make_pruner_from_spec, parse_method_spec
+from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule
+from .measure import peak_memory
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One method at one keep ratio (keep None: the method's own ratios)."""
+
+    spec: str
+    keep: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.spec if self.keep is None else f"{self.spec}@{self.keep:g}"
+
+    def pruner(self):
+        return make_pruner_from_spec(self.spec, self.keep)
+
+
+def _takes_keep(spec: str) -> bool:
+    name, overrides = parse_method_spec(spec)
+    return "keep" not in overrides and default_keep(name) is not None
+
+
+def expand_configs(methods: Sequence[str], keeps: Sequence[float] | None) -> list[BenchConfig]:
+    """Method specs x keep ratios, dense first.
+
+    `--keep` applies to methods whose preset has a keep (stepvar and its ablations). Methods
+    without one (fastvar, fastvar-skip: the release's per-width ratios) run once at their own
+    settings; `name@0.4` pins one keep for any method. Dense is added if missing: every
+    speedup is against it.
+    """
+    out: list[BenchConfig] = [BenchConfig("dense")]
+    for spec in methods:
+        spec = spec.strip()
+        base, at, pinned = spec.rpartition("@")
+        name = parse_method_spec(base if at else spec)[0]
+        if name == "dense":
+            if at:
+                raise ConfigError(f"method {spec!r}: dense takes no keep ratio")
+            continue
+        if at:
+            try:
+                configs = [BenchConfig(base.strip(), check_keep(float(pinned), f"keep of {spec!r}"))]
+            except ValueError:
+                raise ConfigError(f"method {spec!r}: the part after @ must be a keep ratio, e.g. fastvar@0.4") from None
+        elif _takes_keep(spec):
+            preset_keep = default_keep(name)
+            configs = [BenchConfig(spec, float(k)) for k in (keeps or [preset_keep])]
+        else:
+            configs = [BenchConfig(spec)]
+        out += [c for c in configs if c not in out]
+    for c in out:
+        c.pruner()  # unknown names and bad keeps fail here, before anything runs
+    return out
+
+
+def run_once(pipeline, prompts: list[str], schedule: ScaleSchedule, pruner, sampling: SamplingConfig):
+    """One generation with its peak memory. A seam for tests (they inject failures here)."""
+    with peak_memory(pipeline.device) as box:
+        result = pipeline.generate(prompts, schedule, pruner, sampling)
+    return result, box[0]
+
+
+def one_line_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def scalar_keep(pruner) -> float | None:
+    keep = getattr(pruner.config, "keep", None)
+    return float(keep) if isinstance(keep, (int, float)) else None
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the output directory (and parents) and check it is writable, before any compute."""
+    import os
+
+    from ..errors import StepvarError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StepvarError(f"--out {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StepvarError(f"cannot create output directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise StepvarError(f"output directory is not writable: {path}")
+    return path
