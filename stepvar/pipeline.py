@@ -47,6 +47,9 @@ class Pipeline:
     dtype: torch.dtype
     trained: bool
     sources: dict[str, str] = field(default_factory=dict)
+    # The budgets the weights were trained on (an embedded model's model.json says); None = not known
+    # (official weights, random weights), in which case every schedule is allowed.
+    budgets: tuple[str, ...] | None = None
 
     @property
     def codec(self) -> LatentCodec:
@@ -73,6 +76,15 @@ class Pipeline:
             tokenize(prompts)
         return prompts
 
+    def check_schedule(self, schedule: ScaleSchedule) -> None:
+        """Refuse a schedule the weights were not trained for: its untrained scales would draw noise."""
+        if self.budgets is None or schedule.budget in self.budgets:
+            return
+        sides = [str(schedules.get_schedule(b, 1.0, self.vae.cfg.token_stride).pixel_size[0]) for b in self.budgets]
+        raise ConfigError(f"{self.preset.name} was trained for {' and '.join(sides)} px only, not "
+                          f"{max(schedule.pixel_size)} px ({schedule.budget}; its untrained scales would draw noise): "
+                          f"use --resolution {' or '.join(sides)}")
+
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
                  sampling: SamplingConfig | None = None, on_scale=None, decode: bool = True,
@@ -85,6 +97,7 @@ class Pipeline:
         pruner = pruner or Dense()
         if schedule.token_stride != self.vae.cfg.token_stride:
             raise ConfigError(f"schedule token stride {schedule.token_stride} != VAE token stride {self.vae.cfg.token_stride}")
+        self.check_schedule(schedule)
         # 2. encode prompts
         t0 = time.perf_counter()
         text, mask = self.text_encoder.encode(prompts, self.device)
@@ -150,6 +163,7 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     sources: dict[str, str] = {}
+    budgets = None
     if preset.embedded:
         if vae is not None or text_encoder is not None:
             raise StepvarError(f"{preset.name} ships its weights inside the package; --vae/--text-encoder do not apply "
@@ -158,6 +172,7 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
         where = "embedded" if weights is None else f"export {weights}"
         sources["weights"] = f"{where} ({embedded_dir(preset).name}, {meta['trained_steps']} training steps)"
         trained = True
+        budgets = tuple(meta.get("budgets", [meta["budget"]]))  # exports before mixed resolutions: one budget
     elif weights is None:
         if vae is not None:
             raise StepvarError("--vae was given without --weights; give both, or neither for random weights")
@@ -190,7 +205,7 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
     if dt != torch.float32:
         net.cast_blocks(dt)
     net.set_numerics(numerics)
-    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources)
+    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources, budgets)
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

@@ -205,7 +205,7 @@ def sample(
         text_BTCt = torch.cat((text_BTCt, model.uncond_text(mask_BT).to(text_BTCt)), 0)
         mask_BT = torch.cat((mask_BT, mask_BT), 0)
     rows = text_BTCt.shape[0]
-    cond = model.condition(text_BTCt, mask_BT)
+    cond = model.condition(text_BTCt, mask_BT, schedule.budget)
 
     # 3. the scale loop
     H, W = codec.vae_grid(schedule.last.h, schedule.last.w)

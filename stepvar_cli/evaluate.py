@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .console import err, out, run_guarded
-from .options import TrainDeviceOpt, make_method, sampling_options
+from .options import ResOpt, TrainDeviceOpt, make_method, sampling_options
 from .safe_print import note
 
 
@@ -25,6 +25,7 @@ def eval_cmd(
     cfg: Annotated[Optional[str], typer.Option(help="CFG scale or per-scale list. [default: the model preset's]")] = None,
     tau: Annotated[Optional[str], typer.Option(help="Temperature or per-scale list. [default: the model preset's]")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the images and eval.json here.")] = None,
+    resolution: ResOpt = None,
     device: TrainDeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -49,10 +50,12 @@ def eval_cmd(
             status = pipe.status
             if not pipe.trained:
                 err.print(note(f"{pipe.preset.name} is {pipe.status}; its score says nothing about trained quality"))
+            schedule = pipe.schedule(resolution=resolution)
+            pipe.check_schedule(schedule)  # before any directory is made
             if out_dir is not None:
                 make_output_dir(out_dir)
             sampling = sampling_options(model, cfg, tau, None, seed)
-            report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir)
+            report, _ = evaluate_pipeline(pipe, prompt_list, pruner, sampling, samples, out_dir, schedule=schedule)
         data = report.to_dict() | ({"model_status": status} if status else {})
         if as_json:
             print(json.dumps(data, default=str))

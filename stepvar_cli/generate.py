@@ -69,6 +69,7 @@ def generate(
         pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype, numerics=numerics)
         pipe.check_prompts([prompt])
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
+        pipe.check_schedule(schedule)
         sampling.validate(len(schedule))
         pruner.validate(schedule, len(pipe.model.blocks))
         if not pipe.trained:

@@ -39,9 +39,11 @@ def _log_printer(as_json: bool, steps: int | None = None, label: str = "training
 
 @train_app.command("vae")
 def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt = False, seed: TrainSeedOpt = 0, batch: TrainBatchOpt = 16,
-                  init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights.")] = None,
+                  init_from: Annotated[Optional[Path], typer.Option(help="Start from this VAE run's weights, or an export's (e.g. stepvar/assets/toy).")] = None,
                   object_weight: Annotated[float, typer.Option(help="Extra reconstruction weight on object pixels (1 + this).")] = 0.0,
                   decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
+                  mix_image_size: Annotated[Optional[int], typer.Option(help="Also crop scenes rendered at this size (e.g. 512), --mix-batch of them per update.")] = None,
+                  mix_batch: Annotated[int, typer.Option(help="Crops per update from --mix-image-size scenes.")] = 0,
                   lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
                   device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -53,7 +55,7 @@ def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt 
         check_output_dir(out_dir)
         cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
-                             object_weight=object_weight)
+                             object_weight=object_weight, mix_image_size=mix_image_size, mix_batch=mix_batch)
         cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False,
                         on_log=_log_printer(as_json, steps, "train vae"), on_note=_note_printer())
@@ -73,6 +75,9 @@ def train_gpt_cmd(out_dir: RunDirOpt, vae: Annotated[Path, typer.Option(help="Th
                   form_weights: Annotated[Optional[str], typer.Option(help="With --latents: shares of the prompt forms single,count,relation, e.g. 0.15,0.3,0.55 (default: the pool's, a third each).")] = None,
                   layout: Annotated[Optional[str], typer.Option(help="Object placement of the scenes: free or slots (default: the pool's, else free).")] = None,
                   loss_weighting: Annotated[str, typer.Option(help="token: every token alike; scale: every scale alike (the coarse scales that decide layout and colour weigh as much as the fine ones).")] = "token",
+                  mix_latents: Annotated[Optional[Path], typer.Option(help="A second pool at another resolution (e.g. 512 px beside --latents' 256 px), trained in the same updates; the model learns which resolution a row is.")] = None,
+                  mix_batch: Annotated[int, typer.Option(help="Full rows per update from --mix-latents (with --batch, sets the ratio).")] = 0,
+                  mix_prefix_batch: Annotated[int, typer.Option(help="Prefix rows per update from --mix-latents.")] = 0,
                   lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
                   device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -86,7 +91,9 @@ def train_gpt_cmd(out_dir: RunDirOpt, vae: Annotated[Path, typer.Option(help="Th
                              prefix_batch=prefix_batch, prefix_scales=prefix_scales, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from),
                              latents=None if latents is None else str(latents),
-                             form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting)
+                             form_weights=_form_weights(form_weights), layout=layout, loss_weighting=loss_weighting,
+                             mix_latents=None if mix_latents is None else str(mix_latents), mix_batch=mix_batch,
+                             mix_prefix_batch=mix_prefix_batch)
         cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
         res = train_transformer(cfg, out_dir, steps, vae, resume="auto" if resume else False,
                                 on_log=_log_printer(as_json, steps, "train gpt"), on_note=_note_printer())

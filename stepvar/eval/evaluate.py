@@ -15,19 +15,22 @@ from ..io import save_image, save_json
 from ..pipeline import Pipeline
 from ..pruning.base import Pruner
 from ..sampling import SamplingConfig
+from ..schedules import ScaleSchedule
 from ..toy.evaluator import EvalReport, evaluate, load_prompts
 from ..toy.grammar import parse
 
 
 def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: Pruner | None = None,
                       sampling: SamplingConfig | None = None, samples: int = 1, out_dir: Path | None = None,
-                      on_image=None) -> tuple[EvalReport, list[np.ndarray]]:
-    """Generate `samples` images per prompt (seeds seed, seed+1, ...) and score them."""
+                      on_image=None, schedule: ScaleSchedule | None = None) -> tuple[EvalReport, list[np.ndarray]]:
+    """Generate `samples` images per prompt (seeds seed, seed+1, ...) on `schedule` (default: the
+    model's own) and score them."""
     prompts = load_prompts() if prompts is None else prompts
     for p in prompts:
         parse(p)  # every prompt must be in the world's grammar: fail before generating anything
     sampling = sampling or SamplingConfig()
-    schedule = pipe.schedule()
+    schedule = schedule or pipe.schedule()
+    pipe.check_schedule(schedule)
     sampling.validate(len(schedule))  # bad settings fail here, before the first image
     if pruner is not None:
         pruner.validate(schedule, len(pipe.model.blocks))
@@ -36,7 +39,7 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
     for i, prompt in enumerate(prompts):
         for s in range(samples):
             cfg = SamplingConfig(cfg=sampling.cfg, tau=sampling.tau, top_p=sampling.top_p, seed=base_seed + s)
-            img = pipe.generate(prompt, pruner=pruner, sampling=cfg).images[0]
+            img = pipe.generate(prompt, schedule, pruner, cfg).images[0]
             images.append(img)
             used.append(prompt)
             if out_dir is not None:

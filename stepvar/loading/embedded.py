@@ -96,7 +96,8 @@ def load_embedded_preset(preset: ModelPreset, directory: str | Path | None = Non
     # A field the export's model.json predates counts at its default (e.g. abs_pos_grid 0).
     shipped = asdict(_export_config(InfinityConfig, meta["arch"], Path(directory or embedded_dir(preset)), "arch"))
     declared = asdict(preset.arch)
-    diff = sorted(k for k in declared if k not in ("name", "description") and declared[k] != shipped[k])
+    # budget_embed may differ: an export trained at more resolutions than the preset declares adds it.
+    diff = sorted(k for k in declared if k not in ("name", "description", "budget_embed") and declared[k] != shipped[k])
     if diff:
         where = "embedded weights" if directory is None else f"the export in {directory}"
         raise StepvarError(f"{preset.name}: preset and {where} disagree on {', '.join(diff)}")

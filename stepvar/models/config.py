@@ -38,6 +38,11 @@ class InfinityConfig:
     # coarse scales only relative positions, and at 2x2 every input token is the same upsampled
     # 1x1 code, so a small model learns "left/right/above/below" slowly; the toy model uses it.
     abs_pos_grid: int = 0
+    # Not in any released model (0 = off): a learned vector per budget (schedules.BUDGETS order,
+    # 0.06M first; this many rows) added to the pooled text, so a model trained at several
+    # resolutions knows which one it is drawing. Their shared coarse grids do not carry the same
+    # codes: a toy scene's 16 x 16 bits agree only ~71 % between its 256 and 512 px renders.
+    budget_embed: int = 0
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -109,6 +109,8 @@ class Infinity(nn.Module):
         self.lvl_embed = nn.Embedding(cfg.num_levels, C)
         if cfg.abs_pos_grid:  # zero at init: adding it to a trained model changes nothing until it learns
             self.abs_pos = nn.Parameter(torch.zeros(1, C, cfg.abs_pos_grid, cfg.abs_pos_grid))
+        if cfg.budget_embed:  # zero at init, like abs_pos: the model it is added to is unchanged until it learns
+            self.budget_embed = nn.Parameter(torch.zeros(cfg.budget_embed, D))
         self.word_embed = nn.Linear(cfg.bits, C)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
         self.head_nm = AdaLNBeforeHead(C, D)
@@ -171,15 +173,31 @@ class Infinity(nn.Module):
             raise ValueError(f"text of {T} tokens exceeds text_maxlen {self.cfg.text_maxlen}")
         return self.cfg_uncond[:T].unsqueeze(0).expand(mask_BT.shape[0], -1, -1)
 
-    def condition(self, text_BTCt: torch.Tensor, mask_BT: torch.Tensor) -> Conditioning:
-        """Text features (already encoded, padded, with mask) -> pooled vector, modulation, CA input."""
+    def condition(self, text_BTCt: torch.Tensor, mask_BT: torch.Tensor, budget: str | None = None) -> Conditioning:
+        """Text features (already encoded, padded, with mask) -> pooled vector, modulation, CA input.
+
+        budget: the schedule's budget name; a model with a budget embedding needs it (others ignore it).
+        """
         feats = self.text_norm(text_BTCt)
         cond_BD = self.text_proj_for_sos(feats, mask_BT).float()
+        if self.cfg.budget_embed:
+            cond_BD = cond_BD + self.budget_embed[self.budget_index(budget)].float()
         ca_BTD = self.text_proj_for_ca(feats)
         with torch.autocast(device_type=cond_BD.device.type, enabled=False):
             gss = self.shared_ada_lin(cond_BD).unflatten(-1, (1, 6, -1))  # (B, 1, 6, C)
         mods = [blk.modulation(gss) for blk in self.blocks]
         return Conditioning(cond_BD=cond_BD, mods=mods, text=TextContext(ca_BTD, mask_BT))
+
+    def budget_index(self, budget: str | None) -> int:
+        """Row of budget_embed for a schedule's budget, or a one-line error for one it has no row for."""
+        from ..errors import ConfigError
+        from ..schedules import BUDGETS
+
+        names = [*BUDGETS, "2K"]
+        if budget not in names or names.index(budget) >= self.cfg.budget_embed:
+            known = ", ".join(names[: self.cfg.budget_embed])
+            raise ConfigError(f"this model has budget embeddings for {known} only, not {budget!r}")
+        return names.index(budget)
 
     # ---- per-scale pieces --------------------------------------------------------------
     def start_tokens(self, cond_BD: torch.Tensor) -> torch.Tensor:

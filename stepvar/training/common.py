@@ -167,9 +167,9 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 _NO_DECAY_NAMES = ("cfg_uncond", "pos_start", "pos_embed", "abs_pos", "lvl_embed", "tok_embed", "ada_gss", "scale_mul", "mat_q")
 
 
-# Parameters added at zero to an already trained model (the position table): they learn at this
+# Parameters added at zero to an already trained model (the position table, the budget embedding): they learn at this
 # multiple of the LR so they catch up within a continuation run rather than staying near zero.
-_FAST_NAMES = ("abs_pos",)
+_FAST_NAMES = ("abs_pos", "budget_embed")
 FAST_LR_SCALE = 10.0
 
 

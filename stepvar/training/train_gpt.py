@@ -41,7 +41,7 @@ from ..models.bsq_vae import BSQVAE
 from ..run_lock import output_lock
 from ..models.config import InfinityConfig
 from ..models.infinity import Infinity
-from ..schedules import ScaleSchedule, get_schedule
+from ..schedules import BUDGETS, ScaleSchedule, get_schedule
 from ..toy.grammar import MAX_TOKENS
 from ..toy.text_encoder import ToyTextConfig, ToyTextEncoder
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, check_cpu_bf16, clip_and_step, lr_at, \
@@ -49,7 +49,7 @@ from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, 
 from .data import sample_pairs, to_model_images
 from .latent_pool import LatentPool, load_latent_pool
 from .teacher_forcing import flat_bits, forward_teacher_forced, multiscale_targets, teacher_forced_inputs
-from .train_vae import load_trained_vae
+from .train_vae import load_trained_vae, load_vae_source
 
 
 def toy_arch() -> InfinityConfig:
@@ -84,6 +84,13 @@ class GPTTrainConfig(RunSettings):
     # decide layout and colour carry 4 % of a full row's loss; "scale" = every scale of a row alike
     # (the mean over a scale's tokens, then over its scales), as Infinity's scale reweighting does.
     loss_weighting: str = "token"
+    # A second pool at another resolution (e.g. 512 px scenes beside the first pool's 256 px), trained in
+    # the same update: mix_batch full rows and mix_prefix_batch prefix rows of its own schedule (the
+    # budget whose square output is its image size). The row counts set the ratio; the model then gets
+    # a budget embedding (InfinityConfig.budget_embed) so it knows which resolution a row is.
+    mix_latents: str | None = None
+    mix_batch: int = 0
+    mix_prefix_batch: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=5e-4, weight_decay=0.05, betas=(0.9, 0.97), warmup_steps=500, decay_steps=50000, grad_clip=2.0))
 
@@ -115,8 +122,24 @@ class GPTTrainConfig(RunSettings):
             raise ConfigError(f"loss_weighting must be 'token' or 'scale', got {self.loss_weighting!r}")
         if self.prefix_batch < 0 or self.prefix_scales < 1:
             raise ConfigError("prefix_batch must be >= 0 and prefix_scales >= 1")
+        if self.mix_batch < 0 or self.mix_prefix_batch < 0:
+            raise ConfigError("mix_batch and mix_prefix_batch must be >= 0")
+        if self.mix_latents is not None and self.latents is None:
+            raise ConfigError("mix_latents is a second latent pool; it needs a first one (--latents)")
+        if self.mix_latents is not None and self.mix_batch < 1:
+            raise ConfigError("mix_latents needs mix_batch >= 1 full rows per update")
         if not 0.0 <= self.cfg_dropout < 1.0 or not 0.0 <= self.self_correction < 0.5:
             raise ConfigError("cfg_dropout must be in [0, 1) and self_correction in [0, 0.5)")
+
+
+def budget_for_size(size: int) -> str:
+    """The budget whose square schedule outputs size x size pixels (256 -> 0.06M, 512 -> 0.25M)."""
+    from ..schedules import RESOLUTIONS
+
+    if RESOLUTIONS.get(size) not in BUDGETS:
+        raise ConfigError(f"no square schedule outputs {size} px; pools must be one of "
+                          f"{', '.join(str(r) for r, b in RESOLUTIONS.items() if b in BUDGETS)} px")
+    return RESOLUTIONS[size]
 
 
 class GPTBatch(NamedTuple):
@@ -159,7 +182,7 @@ def _forward_rows(model: Infinity, feats, mask, rows: slice, bits: list[torch.Te
                   next_inputs: list[torch.Tensor], schedule: ScaleSchedule) -> tuple[torch.Tensor, torch.Tensor]:
     """Bit logits (B', L, 2d) and labels (B', L, d) of `rows` over `schedule`'s scales."""
     n = len(schedule)
-    cond = model.condition(feats[rows], mask[rows])  # fresh per forward: its CA K/V cache fills in the pass
+    cond = model.condition(feats[rows], mask[rows], schedule.budget)  # fresh per forward: its CA K/V cache fills in the pass
     x = teacher_forced_inputs(model, cond.cond_BD, [z[rows] for z in next_inputs[: n - 1]])
     return forward_teacher_forced(model, cond, x, schedule), flat_bits([b[rows] for b in bits[:n]])
 
@@ -168,6 +191,54 @@ def gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, sch
              amp: bool = True, cpu_bf16: bool = False, weighting: str = "token") -> tuple[torch.Tensor, dict[str, float]]:
     """Bit cross-entropy of the batch, prefix rows included: the mean over every (row, token, bit)
     ("token"), or over rows of each row's mean over its scales of the scale's mean ("scale")."""
+    return mixed_gpt_loss(model, text_encoder, [(batch, schedule)], amp, cpu_bf16, weighting)
+
+
+def mixed_gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batches: list[tuple[GPTBatch, ScaleSchedule]],
+                   amp: bool = True, cpu_bf16: bool = False,
+                   weighting: str = "token") -> tuple[torch.Tensor, dict[str, float]]:
+    """gpt_loss over several batches, each on its own schedule (e.g. 256 and 512 px rows), as one batch:
+    every row counts as it would in gpt_loss. Metrics: the overall loss and bit accuracy, the first
+    batch's last-scale accuracy (bit_acc_last), and for each later batch its own loss and last-scale
+    accuracy, suffixed with its pixel size (loss_512, bit_acc_last_512)."""
+    parts, spans, fulls = [], [], []
+    for batch, schedule in batches:
+        batch_parts, logits, labels = _batch_parts(model, text_encoder, batch, schedule, amp, cpu_bf16)
+        spans.append(slice(len(parts), len(parts) + len(batch_parts)))
+        parts += batch_parts
+        fulls.append((logits, labels, schedule))
+    losses = _part_losses(parts, weighting)
+    loss, acc = _combine(losses, parts, weighting)
+    names, values = ["loss", "bit_acc"], [loss.detach(), acc]
+    for i, (span, (logits, labels, schedule)) in enumerate(zip(spans, fulls)):
+        suffix = "" if i == 0 else f"_{schedule.pixel_size[0]}"
+        if i > 0:
+            names.append(f"loss{suffix}")
+            values.append(_combine(losses[span], parts[span], weighting)[0].detach())
+        last = schedule.offsets[-1][0]
+        names.append(f"bit_acc_last{suffix}")
+        values.append(bit_loss(logits[:, last:].detach(), labels[:, last:])[1])
+    return loss, dict(zip(names, torch.stack(values).tolist()))  # one device sync
+
+
+def _part_losses(parts, weighting: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    by_scale = weighting == "scale"
+    return [bit_loss(lg, lb, scale_weights(sch, lg.device) if by_scale else None) for lg, lb, sch in parts]
+
+
+def _combine(losses, parts, weighting: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-weighted ("scale": each row counts once, its scales alike) or token-weighted mean of the parts."""
+    counts = [lb.numel() for _, lb, _ in parts]
+    rows = [lb.shape[0] for _, lb, _ in parts] if weighting == "scale" else counts
+    loss = sum(l * c for (l, _), c in zip(losses, rows)) / sum(rows)
+    acc = sum(a * c for (_, a), c in zip(losses, counts)) / sum(counts)
+    return loss, acc
+
+
+def _batch_parts(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, schedule: ScaleSchedule,
+                 amp: bool, cpu_bf16: bool):
+    """[(logits, labels, schedule)] of the full rows and, if any, the prefix rows; plus the full rows' logits
+    and labels."""
     device = batch.ids_BT.device
     B = batch.ids_BT.shape[0]
     n_full = B if batch.n_full is None else batch.n_full
@@ -180,16 +251,7 @@ def gpt_loss(model: Infinity, text_encoder: ToyTextEncoder, batch: GPTBatch, sch
             prefix = prefix_schedule(schedule, batch.prefix_scales)
             parts.append((*_forward_rows(model, feats, mask, slice(n_full, B), batch.bits, batch.next_inputs, prefix),
                           prefix))
-    by_scale = weighting == "scale"  # then each row counts once, its scales alike
-    flat = [bit_loss(lg, lb, scale_weights(sch, device) if by_scale else None) for lg, lb, sch in parts]
-    counts = [lb.numel() for _, lb, _ in parts]
-    rows = [lb.shape[0] for _, lb, _ in parts] if by_scale else counts
-    loss = sum(l * c for (l, _), c in zip(flat, rows)) / sum(rows)
-    acc = sum(a * c for (_, a), c in zip(flat, counts)) / sum(counts)
-    last = schedule.offsets[-1][0]
-    _, acc_last = bit_loss(logits[:, last:].detach(), labels[:, last:])
-    values = torch.stack((loss.detach(), acc, acc_last)).tolist()  # one device sync
-    return loss, dict(zip(("loss", "bit_acc", "bit_acc_last"), values))
+    return parts, logits, labels
 
 
 class GPTJob(Job):
@@ -198,40 +260,71 @@ class GPTJob(Job):
     def __init__(self, cfg: GPTTrainConfig, vae: BSQVAE):
         if vae.cfg.codebook_dim != cfg.arch.bits or vae.cfg.patchify:
             raise ConfigError(f"the VAE has d={vae.cfg.codebook_dim} but arch.bits is {cfg.arch.bits}")
-        self.cfg = cfg
         self.device = resolve_device(cfg.device)
         check_cpu_bf16(cfg, self.device)
+        self.cfg = cfg
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.schedule = get_schedule(cfg.budget, 1.0, vae.cfg.token_stride)
+        self.pool = None if cfg.latents is None else self._load_pool(cfg.latents, self.schedule)
+        self.layout = cfg.layout or (self.pool.layout if self.pool is not None else "free")
+        self.pool_rows_by_form = self._rows_by_form(self.pool, cfg.latents)
+        self.mix_pool = self.mix_schedule = self.mix_rows_by_form = None
+        if cfg.mix_latents is not None:
+            self.mix_pool = load_latent_pool(cfg.mix_latents, self.vae)
+            self.mix_schedule = get_schedule(budget_for_size(self.mix_pool.image_size), 1.0, vae.cfg.token_stride)
+            if self.mix_schedule.budget == cfg.budget:
+                raise ConfigError(f"latent pools {cfg.latents} and {cfg.mix_latents} are both {budget_for_size(self.mix_pool.image_size)}; "
+                                  "mix_latents is for another resolution")
+            self._load_pool(cfg.mix_latents, self.mix_schedule, self.mix_pool)
+            if self.mix_pool.layout != self.pool.layout:
+                raise ConfigError(f"latent pools {cfg.latents} and {cfg.mix_latents} have different layouts "
+                                  f"({self.pool.layout}, {self.mix_pool.layout})")
+            self.mix_rows_by_form = self._rows_by_form(self.mix_pool, cfg.mix_latents)
+            # Rows of two resolutions share their coarse grids but not those grids' codes: give the model
+            # a budget embedding (zero at init) that tells them apart.
+            need = 1 + max(self.budget_rows(b) for b in self.budgets)
+            if cfg.arch.budget_embed < need:
+                self.cfg = cfg = replace(cfg, arch=replace(cfg.arch, budget_embed=need))
+        for sch in (self.schedule, self.mix_schedule):
+            if sch is not None and len(sch) > cfg.arch.num_levels:
+                raise ConfigError(f"budget {sch.budget} has {len(sch)} scales > arch.num_levels {cfg.arch.num_levels}")
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
         self.model = Infinity(cfg.arch).to(self.device).train()
         self.text_encoder = ToyTextEncoder(cfg.text).to(self.device).train()
         self.prior_steps = 0
         if cfg.init_from is not None:
             self._init_weights(cfg.init_from)
-        self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.modules = {"transformer": self.model, "text_encoder": self.text_encoder, "vae": self.vae}
         named = [*self.model.named_parameters(), *(("text." + n, p) for n, p in self.text_encoder.named_parameters())]
         self.params = [p for _, p in named]
         self.optimizer = make_optimizer(named, cfg.optim)
         self.rngs = Rngs.from_seed(cfg.seed)
-        self.schedule = get_schedule(cfg.budget, 1.0, vae.cfg.token_stride)
-        if len(self.schedule) > cfg.arch.num_levels:
-            raise ConfigError(f"budget {cfg.budget} has {len(self.schedule)} scales > arch.num_levels {cfg.arch.num_levels}")
-        self.pool = None if cfg.latents is None else self._load_pool(cfg.latents)
-        self.layout = cfg.layout or (self.pool.layout if self.pool is not None else "free")
-        self.pool_rows_by_form = None
-        if self.pool is not None and cfg.form_weights is not None:
-            from ..toy.grammar import FORMS, parse
 
-            forms = [parse(p).form for p in self.pool.prompts]
-            self.pool_rows_by_form = [np.array([i for i, f in enumerate(forms) if f == name]) for name in FORMS]
-            if any(len(rows) == 0 and w > 0 for rows, w in zip(self.pool_rows_by_form, cfg.form_weights)):
-                raise ConfigError(f"latent pool {cfg.latents} has no prompt of a form that form_weights asks for")
+    @property
+    def budgets(self) -> list[str]:
+        """The schedules this run trains: the first pool's (or fresh scenes'), then the mix pool's."""
+        return [self.schedule.budget] + ([self.mix_schedule.budget] if self.mix_schedule is not None else [])
 
-    def _load_pool(self, path: str) -> LatentPool:
-        pool = load_latent_pool(path, self.vae)
-        size = self.schedule.pixel_size[0]
+    @staticmethod
+    def budget_rows(budget: str) -> int:
+        return [*BUDGETS, "2K"].index(budget)
+
+    def _rows_by_form(self, pool: LatentPool | None, path: str | None) -> list[np.ndarray] | None:
+        if pool is None or self.cfg.form_weights is None:
+            return None
+        from ..toy.grammar import FORMS, parse
+
+        forms = [parse(p).form for p in pool.prompts]
+        rows_by_form = [np.array([i for i, f in enumerate(forms) if f == name]) for name in FORMS]
+        if any(len(rows) == 0 and w > 0 for rows, w in zip(rows_by_form, self.cfg.form_weights)):
+            raise ConfigError(f"latent pool {path} has no prompt of a form that form_weights asks for")
+        return rows_by_form
+
+    def _load_pool(self, path: str, schedule: ScaleSchedule, pool: LatentPool | None = None) -> LatentPool:
+        pool = pool or load_latent_pool(path, self.vae)
+        size = schedule.pixel_size[0]
         if pool.image_size != size:
-            raise ConfigError(f"latent pool {path} holds {pool.image_size}px scenes; budget {self.cfg.budget} trains {size}px")
+            raise ConfigError(f"latent pool {path} holds {pool.image_size}px scenes; budget {schedule.budget} trains {size}px")
         if self.cfg.layout not in (None, pool.layout):
             raise ConfigError(f"latent pool {path} holds {pool.layout!r} scenes but the run's layout is "
                               f"{self.cfg.layout!r} (--layout {pool.layout})")
@@ -241,7 +334,8 @@ class GPTJob(Job):
         # prior_steps: updates the init_from weights had already had, so an export counts them all
         # (absent for a fresh run, so checkpoints written before it existed still resume).
         prior = {"prior_steps": self.prior_steps} if self.prior_steps else {}
-        return {**asdict(self.cfg), "layout": self.layout, "vae": asdict(self.vae.cfg), **prior}
+        # budgets: the schedules trained, which the export records as the resolutions the model draws.
+        return {**asdict(self.cfg), "layout": self.layout, "vae": asdict(self.vae.cfg), "budgets": self.budgets, **prior}
 
     def _init_weights(self, source: str) -> None:
         """Continue from shipped (fp16, upcast) or checkpointed weights with a fresh optimiser."""
@@ -249,51 +343,81 @@ class GPTJob(Job):
         if (p / "model.json").is_file():
             model, _, text = load_embedded(p)
             states = model.state_dict(), text.state_dict()
-            self.prior_steps = int(json.loads((p / "model.json").read_text())["trained_steps"])
+            meta = json.loads((p / "model.json").read_text())
+            self.prior_steps = int(meta["trained_steps"])
+            trained = meta.get("budgets", [meta["budget"]])
         else:
             ckpt = read_training_checkpoint(p, "transformer", "init_from")
             states = ckpt["modules"]["transformer"], ckpt["modules"]["text_encoder"]
             self.prior_steps = ckpt["step"] + ckpt["config"].get("prior_steps", 0)
+            trained = ckpt["config"].get("budgets", [ckpt["config"]["budget"]])
         try:
-            # Weights from before the position table existed: it starts at zero, i.e. the same function.
+            # Weights from before the position table or the budget embedding existed: they start at zero,
+            # i.e. the same function.
             result = self.model.load_state_dict(states[0], strict=False)
             self.text_encoder.load_state_dict(states[1])
         except RuntimeError as exc:  # mis-shaped tensors
             raise ConfigError(f"init_from {p}: weights do not fit this architecture ({str(exc).splitlines()[0]})") from None
-        bad = sorted(set(result.missing_keys) - {"abs_pos"}) + sorted(result.unexpected_keys)
+        bad = sorted(set(result.missing_keys) - {"abs_pos", "budget_embed"}) + sorted(result.unexpected_keys)
         if bad:
             raise ConfigError(f"init_from {p}: weights do not fit this architecture (missing or unexpected keys: "
                               f"{', '.join(bad[:5])})")
+        self._copy_untrained_levels(max(len(get_schedule(b)) for b in trained))
 
     @torch.no_grad()
+    def _copy_untrained_levels(self, n_trained: int) -> None:
+        """Scales the init weights never trained start with the last trained scale's level embedding.
+
+        Their rows of lvl_embed are still the random init, which puts a 512 px run's new 20..32 grids
+        out of distribution; a copy of the finest trained level (the one that adds the last detail at
+        256 px) makes them refine from the start: before any 512 training the shipped model drew 3 of 4
+        prompts right at 512 px this way, 0 of 4 with the random rows (docs/model_card.md, stage 22).
+        """
+        n_run = max(len(sch) for sch in (self.schedule, self.mix_schedule) if sch is not None)
+        weight = self.model.lvl_embed.weight
+        for level in range(n_trained, n_run):
+            weight[level] = weight[n_trained - 1]
+
     def next_batch(self) -> GPTBatch:
-        B = self.cfg.batch_size + self.cfg.prefix_batch
-        if self.pool is not None:  # rows drawn with replacement: the data RNG state alone makes it resumable
-            idx = self._pool_rows(B)
-            prompts = [self.pool.prompts[i] for i in idx]
-            z = self.pool.z[torch.from_numpy(idx)].to(self.device)
+        return self._draw(self.pool, self.pool_rows_by_form, self.schedule, self.cfg.batch_size, self.cfg.prefix_batch)
+
+    def next_mix_batch(self) -> GPTBatch:
+        """The mix pool's rows of this update (drawn after next_batch's, from the same generators)."""
+        return self._draw(self.mix_pool, self.mix_rows_by_form, self.mix_schedule, self.cfg.mix_batch,
+                          self.cfg.mix_prefix_batch)
+
+    @torch.no_grad()
+    def _draw(self, pool: LatentPool | None, rows_by_form, schedule: ScaleSchedule, n_full: int, n_prefix: int) -> GPTBatch:
+        B = n_full + n_prefix
+        if pool is not None:  # rows drawn with replacement: the data RNG state alone makes it resumable
+            idx = self._pool_rows(B, pool, rows_by_form)
+            prompts = [pool.prompts[i] for i in idx]
+            z = pool.z[torch.from_numpy(idx)].to(self.device)
         else:
-            prompts, images = sample_pairs(self.rngs.data, B, self.schedule.pixel_size[0], self.layout)
+            prompts, images = sample_pairs(self.rngs.data, B, schedule.pixel_size[0], self.layout)
             with autocast(self.device, self.cfg.amp, self.cfg.cpu_bf16):
                 z = self.vae.encode(to_model_images(images, self.device))
-        grids = [(s.h, s.w) for s in self.schedule.scales]
+        grids = [(s.h, s.w) for s in schedule.scales]
         targets = multiscale_targets(z, grids, self.cfg.self_correction, self.cfg.self_correction_scales, self.rngs.torch)
         drop = torch.rand(B, generator=self.rngs.torch) < self.cfg.cfg_dropout
         ids = self.text_encoder.tokenize(prompts)
         return GPTBatch(ids.to(self.device), targets.bits, targets.next_inputs, drop.to(self.device),
-                        self.cfg.batch_size, min(self.cfg.prefix_scales, len(self.schedule)))
+                        n_full, min(self.cfg.prefix_scales, len(schedule)))
 
-    def _pool_rows(self, n: int) -> np.ndarray:
+    def _pool_rows(self, n: int, pool: LatentPool | None = None, rows_by_form=None) -> np.ndarray:
+        pool, rows_by_form = (self.pool, self.pool_rows_by_form) if pool is None else (pool, rows_by_form)
         rng = self.rngs.data
-        if self.pool_rows_by_form is None:
-            return rng.integers(0, len(self.pool), n)
+        if rows_by_form is None:
+            return rng.integers(0, len(pool), n)
         w = np.array(self.cfg.form_weights)
         forms = rng.choice(3, size=n, p=w / w.sum())
-        return np.array([rows[rng.integers(len(rows))] for rows in (self.pool_rows_by_form[f] for f in forms)])
+        return np.array([rows[rng.integers(len(rows))] for rows in (rows_by_form[f] for f in forms)])
 
-    def update(self, batch: GPTBatch, step: int) -> dict[str, float]:
-        loss, metrics = gpt_loss(self.model, self.text_encoder, batch, self.schedule, self.cfg.amp, self.cfg.cpu_bf16,
-                                 self.cfg.loss_weighting)
+    def update(self, batch: GPTBatch | list[tuple[GPTBatch, ScaleSchedule]], step: int) -> dict[str, float]:
+        """One optimizer update on a batch of the run's first schedule, or on [(batch, schedule), ...]."""
+        batches = [(batch, self.schedule)] if isinstance(batch, GPTBatch) else batch
+        loss, metrics = mixed_gpt_loss(self.model, self.text_encoder, batches, self.cfg.amp, self.cfg.cpu_bf16,
+                                       self.cfg.loss_weighting)
         loss.backward()
         lr = lr_at(step, self.cfg.optim)
         metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
@@ -301,16 +425,15 @@ class GPTJob(Job):
         return metrics
 
     def step(self, step: int) -> dict[str, float]:
-        return self.update(self.next_batch(), step)
+        batches = [(self.next_batch(), self.schedule)]
+        if self.mix_pool is not None:
+            batches.append((self.next_mix_batch(), self.mix_schedule))
+        return self.update(batches, step)
 
 
 def as_vae(vae: BSQVAE | str | os.PathLike) -> BSQVAE:
     """A BSQVAE, an export directory's VAE, or a VAE training run's."""
-    if isinstance(vae, BSQVAE):
-        return vae
-    if (Path(vae) / "model.json").is_file():
-        return load_embedded(vae)[1]
-    return load_trained_vae(vae)
+    return vae if isinstance(vae, BSQVAE) else load_vae_source(vae)
 
 
 def train_transformer(config: GPTTrainConfig, out_dir: str | os.PathLike, steps: int,
@@ -350,7 +473,9 @@ def export_embedded(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = ckpt["config"]
+    # budgets: the schedules the model was trained on; runs from before mixed resolutions trained one.
     meta = {"arch": cfg["arch"], "vae": cfg["vae"], "text": cfg["text"], "budget": cfg["budget"],
+            "budgets": cfg.get("budgets", [cfg["budget"]]),
             "trained_steps": ckpt["step"] + cfg.get("prior_steps", 0), "run_steps": ckpt["step"], "seed": cfg["seed"],
             "layout": cfg.get("layout", "free"), "stepvar_version": ckpt["stepvar_version"],
             "dtype": str(dtype).replace("torch.", ""), "files": EXPORT_FILES}

@@ -58,8 +58,12 @@ class VAETrainConfig(RunSettings):
     edge_weight: float = 0.5
     commit_weight: float = 0.25
     object_weight: float = 0.0     # extra L1/edge weight on object pixels (1 + object_weight there)
-    init_from: str | None = None   # a VAE run directory or checkpoint whose weights start this run
+    init_from: str | None = None   # a VAE run directory or checkpoint, or an export directory, whose weights start this run
     decoder_only: bool = False     # freeze the encoder: the codes (and a transformer trained on them) stay valid
+    # mix_batch more crops per update from scenes rendered at mix_image_size (e.g. 512 beside 256), so one
+    # decoder serves both resolutions: textures are periodic in pixels, so a 512 px crop is not a 256 px one.
+    mix_image_size: int | None = None
+    mix_batch: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=3e-4, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=200, decay_steps=20000, grad_clip=1.0))
 
@@ -74,6 +78,10 @@ class VAETrainConfig(RunSettings):
             raise ConfigError("VAE training does not support the patchify variant")
         if self.decoder_only and self.init_from is None:
             raise ConfigError("decoder_only needs init_from: a trained encoder to keep")
+        if (self.mix_image_size is None) != (self.mix_batch == 0) or self.mix_batch < 0:
+            raise ConfigError("mix_image_size and mix_batch > 0 go together")
+        if self.mix_image_size is not None and self.crop > self.mix_image_size:
+            raise ConfigError(f"crop {self.crop} must be <= mix_image_size {self.mix_image_size}")
 
 
 def quantizer_grids(budget: str, latent_hw: tuple[int, int], token_stride: int = 16) -> list[tuple[int, int]]:
@@ -122,7 +130,7 @@ class VAEJob(Job):
         torch.manual_seed(cfg.seed)  # weight init only; everything later draws from self.rngs
         self.vae = BSQVAE(cfg.vae)
         if cfg.init_from is not None:
-            start = load_trained_vae(cfg.init_from)
+            start = load_vae_source(cfg.init_from)
             if start.cfg != cfg.vae:
                 raise ConfigError(f"init_from {cfg.init_from}: its VAE config differs from this run's")
             self.vae.load_state_dict(start.state_dict())
@@ -139,13 +147,22 @@ class VAEJob(Job):
         return asdict(self.cfg)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        parts = [self._crops(self.cfg.batch_size, self.cfg.image_size)]
+        if self.cfg.mix_batch:
+            parts.append(self._crops(self.cfg.mix_batch, self.cfg.mix_image_size))
+        both = np.concatenate(parts)
         if not self.cfg.object_weight:
-            _, images = sample_pairs(self.rngs.data, self.cfg.batch_size, self.cfg.image_size)
-            return to_model_images(random_crops(images, self.cfg.crop, self.rngs.data), self.device), None
-        _, images, masks = sample_pairs_with_masks(self.rngs.data, self.cfg.batch_size, self.cfg.image_size)
-        both = random_crops(np.concatenate([images, masks[..., None].astype(np.uint8)], -1), self.cfg.crop, self.rngs.data)
+            return to_model_images(both, self.device), None
         weight = 1.0 + self.cfg.object_weight * torch.from_numpy(both[..., 3].astype(np.float32))[:, None]
         return to_model_images(both[..., :3], self.device), weight.to(self.device)
+
+    def _crops(self, n: int, size: int) -> np.ndarray:
+        """n random crops of fresh scenes rendered at size; with object_weight a 4th channel holds the object mask."""
+        if not self.cfg.object_weight:
+            _, images = sample_pairs(self.rngs.data, n, size)
+            return random_crops(images, self.cfg.crop, self.rngs.data)
+        _, images, masks = sample_pairs_with_masks(self.rngs.data, n, size)
+        return random_crops(np.concatenate([images, masks[..., None].astype(np.uint8)], -1), self.cfg.crop, self.rngs.data)
 
     def update(self, batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> dict[str, float]:
         loss, metrics = vae_loss(self.vae, batch[0], self.cfg, batch[1])
@@ -165,6 +182,17 @@ def train_vae(config: VAETrainConfig, out_dir: str | os.PathLike, steps: int,
     """Train (or resume training) the VAE until `steps` updates in total; checkpoints go to out_dir."""
     job = VAEJob(config)
     return run_job(job, out_dir, steps, resume, config.ckpt_every, config.log_every, on_log, on_note)
+
+
+def load_vae_source(path: str | os.PathLike) -> BSQVAE:
+    """A VAE training run's VAE, or an export directory's (e.g. the shipped stepvar/assets/toy, upcast to fp32)."""
+    from pathlib import Path
+
+    if (Path(path) / "model.json").is_file():
+        from ..loading.embedded import load_embedded
+
+        return load_embedded(path)[1]
+    return load_trained_vae(path)
 
 
 def load_trained_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> BSQVAE:
