@@ -182,7 +182,6 @@ CASES: list[tuple[str, list[str]]] = [
     ("inspect-text-file", ["inspect", "{fx}/grammar.txt"]),
     ("inspect-shard-dotdot", ["inspect", "{fx}/shard_up"]),
     ("inspect-shard-absolute", ["inspect", "{fx}/shard_abs"]),
-    ("inspect-shard-symlink", ["inspect", "{fx}/shard_link"]),
     ("inspect-shard-weightmap-list", ["inspect", "{fx}/shard_list"]),
     ("inspect-shard-notjson", ["inspect", "{fx}/shard_notjson"]),
     ("inspect-model-path", ["inspect", "{fx}/outside.safetensors", "--model", "../x"]),
@@ -383,8 +382,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_224_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """224 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_223_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """223 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -402,7 +401,7 @@ def test_bad_input_table_224_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 224 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 223 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------
@@ -414,7 +413,7 @@ def _one_line_error(r) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("kind", ["up", "abs", "link"])
+@pytest.mark.parametrize("kind", ["up", "abs"])
 def test_shard_index_pointing_outside_its_directory_is_refused(fx, kind, no_hang):
     import time
 
@@ -426,6 +425,15 @@ def test_shard_index_pointing_outside_its_directory_is_refused(fx, kind, no_hang
         read_checkpoint(fx / f"shard_{kind}")
     line = _one_line_error(invoke(["inspect", f"{{fx}}/shard_{kind}"], fx, fx))
     assert "refused" in line and time.perf_counter() - t0 < 10
+
+
+def test_a_shard_that_is_a_symlink_elsewhere_loads(fx):
+    """The index names a file inside its directory; that the file links elsewhere (as every file of a
+    Hugging Face cache does) is the user's layout, not the index's reach."""
+    from stepvar.loading.containers import read_checkpoint
+
+    assert (fx / "shard_link" / "model-1.safetensors").is_symlink()
+    assert torch.equal(read_checkpoint(fx / "shard_link").tensors["w"], torch.zeros(2))
 
 
 def test_shard_index_inside_its_directory_still_loads(tmp_path):
