@@ -68,6 +68,8 @@ class FastVAR(Pruner):
                 keep = {si: round(1.0 - r, 10) for si, r in rel.prune.items()}
             elif rel.prune:
                 keep = resolve_keep(c.keep, sorted(rel.prune))
+            elif isinstance(c.keep, (int, float)) and c.keep == 1.0:
+                keep = {}  # keep everything where nothing is pruned: nothing to refuse
             else:
                 raise ConfigError(
                     f"{self.name}: a keep ratio was given, but the release's width rule prunes no scale of this schedule "
