@@ -1,7 +1,7 @@
 """Parity with the official HART code on random weights (scripts/hart_parity.py).
 
 Skipped unless the official repository has been exported to a scratch folder outside the
-project (HART_OFFICIAL, default /work/scratch/hart). Runs in a subprocess because the script
+project and named by STEPVAR_OFFICIAL_CODE (its hart/ folder). Runs in a subprocess because the script
 stands in modules (transformers, hart_backend) that must not leak into this test session.
 """
 
@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-OFFICIAL = Path(os.environ.get("HART_OFFICIAL", "/work/scratch/hart"))
+from conftest import official_copy
+
+OFFICIAL = official_copy("hart")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "hart_parity.py"
 
-pytestmark = pytest.mark.skipif(not (OFFICIAL / "hart" / "modules").is_dir(), reason="official HART code not exported")
+pytestmark = pytest.mark.skipif(OFFICIAL is None or not (OFFICIAL / "hart" / "modules").is_dir(),
+                                reason="STEPVAR_OFFICIAL_CODE names no export of the official HART code")
 
 
 def test_parity_with_official_hart():

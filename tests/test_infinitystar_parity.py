@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "infinitystar_parity.py"
-OFFICIAL = Path("/work/scratch/infinitystar")
+from conftest import official_copy
+
+OFFICIAL = official_copy("infinitystar")
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (OFFICIAL / "infinity/models/infinity.py").is_file(),
-                       reason="no export of FoundationVision/InfinityStar in /work/scratch/infinitystar"),
+    pytest.mark.skipif(OFFICIAL is None or not (OFFICIAL / "infinity/models/infinity.py").is_file(),
+                       reason="STEPVAR_OFFICIAL_CODE names no export of FoundationVision/InfinityStar"),
 ]
 
 

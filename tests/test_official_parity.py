@@ -1,7 +1,8 @@
 """Parity with the official code on random weights (scripts/official_parity.py).
 
 The official repositories are never part of this project: these tests run only where a copy was
-exported outside it (/work/scratch/fastvar, /work/scratch/infinity) and are skipped elsewhere.
+exported outside it and named by STEPVAR_OFFICIAL_CODE (its fastvar/ and infinity/ folders), and are
+skipped elsewhere.
 """
 
 import json
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-FASTVAR = Path("/work/scratch/fastvar/Infinity")
-INFINITY = Path("/work/scratch/infinity")
+from conftest import official_copy
+
+FASTVAR = official_copy("fastvar") / "Infinity" if official_copy("fastvar") else None
+INFINITY = official_copy("infinity")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "official_parity.py"
 
 pytestmark = pytest.mark.slow
@@ -25,7 +28,8 @@ def _run(*args):
     return json.loads(r.stdout)
 
 
-@pytest.mark.skipif(not (FASTVAR / "infinity").is_dir(), reason="no copy of the FastVAR release in /work/scratch/fastvar")
+@pytest.mark.skipif(FASTVAR is None or not (FASTVAR / "infinity").is_dir(),
+                    reason="STEPVAR_OFFICIAL_CODE names no copy of the FastVAR release")
 def test_fastvar_presets_prune_skip_and_cache_exactly_as_the_release():
     for row in _run("fastvar", "--release", FASTVAR, "--budgets", "0.25M,0.60M,1M"):
         rel, ours, sel = row["release"], row["stepvar"], row["selections"]
@@ -35,7 +39,8 @@ def test_fastvar_presets_prune_skip_and_cache_exactly_as_the_release():
         assert sel["identical_sets"] == sel["row_lists"], row["budget"]
 
 
-@pytest.mark.skipif(not (INFINITY / "infinity").is_dir(), reason="no copy of the official Infinity in /work/scratch/infinity")
+@pytest.mark.skipif(INFINITY is None or not (INFINITY / "infinity").is_dir(),
+                    reason="STEPVAR_OFFICIAL_CODE names no copy of the official Infinity")
 def test_official_numerics_are_closer_to_the_official_code():
     res = _run("numerics", "--release", INFINITY, "--budget", "0.25M")
     assert res["official"]["max_abs_logit_diff"] < res["exact"]["max_abs_logit_diff"] / 5

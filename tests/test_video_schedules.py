@@ -10,7 +10,10 @@ import pytest
 from stepvar.errors import ConfigError
 from stepvar.video_schedules import RESOLUTIONS, TEMPLATES, build_star_schedule, check_frames
 
-OFFICIAL = Path("/work/scratch/infinitystar/infinity/schedules/dynamic_resolution.py")
+from conftest import official_copy
+
+_STAR = official_copy("infinitystar")
+OFFICIAL = _STAR / "infinity/schedules/dynamic_resolution.py" if _STAR else Path("/nonexistent")
 
 
 @pytest.mark.parametrize("res,frames,n_scales,tokens,passes,positions", [
@@ -76,7 +79,7 @@ def _official_module(monkeypatch):
     return mod
 
 
-@pytest.mark.skipif(not OFFICIAL.is_file(), reason="the official InfinityStar code is not in the scratch folder")
+@pytest.mark.skipif(not OFFICIAL.is_file(), reason="STEPVAR_OFFICIAL_CODE names no export of the official InfinityStar code")
 def test_every_official_schedule_matches(monkeypatch):
     """Every template, budget and table-listed duration of the official function (161-frame table)."""
     mod = _official_module(monkeypatch)
