@@ -78,7 +78,7 @@ def hart_plan(pruner: Pruner, patch_nums, depth: int) -> HartPlan | None:
         return None
     c = pruner.config
     if isinstance(pruner, FastVAR):
-        if c.skip:
+        if c.skip or c.skip_widths:
             raise ConfigError(f"{pruner.name}: skipping scales has no HART configuration (the last scale feeds the diffusion head)")
         if c.scales is None and c.first_scale is None and c.keep is None:
             keep = {i: round(1.0 - FASTVAR_HART_PRUNE_BY_SIDE[p], 10) for i, p in enumerate(patch_nums)

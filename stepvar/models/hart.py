@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .blocks import KVCache  # the same per-layer cache of rotated keys and values as Infinity's
 
 HART_1024_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 _MAX_LOG_SCALE = math.log(100.0)
@@ -148,26 +149,6 @@ def scale_positions(pn: int, last_pn: int, offset_B: torch.Tensor) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------- attention, FFN, block
-
-
-class KVCache:
-    """Rotated keys and values of everything already run, for one layer."""
-
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None  # (B2, H, Lc, k)
-        self.v: torch.Tensor | None = None
-
-    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat((self.k, k), dim=2)
-            self.v = torch.cat((self.v, v), dim=2)
-        return self.k, self.v
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
 
 
 class HartAttention(nn.Module):
