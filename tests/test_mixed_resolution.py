@@ -240,3 +240,8 @@ def test_decoder_only_finetune_can_start_from_an_export(tmp_path):
     job = VAEJob(tiny_vae_cfg(init_from=str(export), decoder_only=True))
     shipped = load_embedded(export)[1].state_dict()
     assert all(torch.equal(v, shipped[k]) for k, v in job.vae.state_dict().items())
+
+
+def test_shipped_model_records_the_budgets_it_was_trained_for():
+    meta = json.loads((embedded_dir(load_model_preset("toy")) / "model.json").read_text())
+    assert meta["budget"] in meta["budgets"] and load_model_preset("toy").arch.default_budget in meta["budgets"]
