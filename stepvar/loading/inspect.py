@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..validate import check_name
 from ..models.bsq_vae import VAE_PRESETS, vae_preset_for_file
 from ..models.config import list_model_presets, load_model_preset
+from ..models.infinitystar import is_star_preset
 from .checkpoints import (
     KeyProblem,
     check_against,
@@ -71,8 +72,8 @@ def _vae_target(preset: str) -> str:
 
 
 def inspect_checkpoint(path: str | os.PathLike, preset: str | None = None) -> InspectReport:
-    if preset is not None:
-        _vae_target(check_name(preset, "preset"))  # a bad preset is refused before the file is read
+    if preset is not None and not is_star_preset(check_name(preset, "preset")):
+        _vae_target(preset)  # a bad preset is refused before the file is read
     ckpt = read_checkpoint(path)
     tensors = ckpt.tensors
     is_vae = ckpt.container == "vae" or looks_like_vae(tensors)
