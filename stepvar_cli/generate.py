@@ -62,7 +62,7 @@ def generate(
         check_prompts([prompt])
         check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
         if numerics not in NUMERICS:
-            raise ConfigError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+            raise ConfigError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
         chosen = preset_from_options(model, model_file)
         sampling = sampling_options(chosen, cfg, tau, top_p, seed)
         pruner = make_method(method, keep, keep_per_scale, first_scale, method_file)

@@ -424,7 +424,10 @@ def test_image_and_sidecar_appear_together_or_not_at_all(tmp_path, monkeypatch):
 
     image = np.zeros((8, 8, 3), np.uint8)
     monkeypatch.setattr(sio.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
-    with pytest.raises(OSError):
+    from stepvar.errors import StepvarError
+
+    # A full disk while writing is the user's problem, named with the path (one line, exit 2).
+    with pytest.raises(StepvarError, match="cannot write .*No space left on device"):
         sio.save_image_with_sidecar(tmp_path / "o.png", image, None, {"a": 1})
     assert list(tmp_path.iterdir()) == []  # the image was complete, yet it is not left alone
     monkeypatch.undo()
