@@ -33,8 +33,9 @@ except ImportError:  # pragma: no cover - not POSIX
 
 LOCK_NAME = ".stepvar.lock"
 _PROBE_RETRIES = 5
-# What atomic_path and atomic_directory name their temporaries: "." + name + "." + mkstemp's 8 characters.
-_STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new|old)$")
+# What atomic_path, atomic_directory and the writability probe of io.check_output_path name their
+# temporaries: "." + name + "." + mkstemp's 8 characters.
+_STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new|old|probe)$")
 
 
 class OutputLocked(StepvarError):

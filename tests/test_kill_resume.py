@@ -38,7 +38,7 @@ WORKER = HERE / "kill_worker.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 CLI = [sys.executable, "-m", "stepvar_cli.app"]
 TINY = ["--model", "tiny", "--device", "cpu"]
-TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new|old)$")  # what atomic writes leave when killed mid-write
+TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp|new|old|probe)$")  # what atomic writes leave when killed mid-write
 WAIT_S = 120  # generous: the suite may share a busy machine
 
 runner = CliRunner()
