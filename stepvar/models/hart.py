@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .blocks import KVCache  # the same per-layer cache of rotated keys and values as Infinity's
+from .blocks import FFN, KVCache  # Infinity's GELU FFN (same fc1/fc2 keys) and per-layer K/V cache
 
 HART_1024_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 _MAX_LOG_SCALE = math.log(100.0)
@@ -184,16 +184,6 @@ class HartAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, l, C))
 
 
-class GeluFFN(nn.Module):
-    def __init__(self, width: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
 class SwiGLUFFN(nn.Module):
     def __init__(self, width: int, hidden: int):
         super().__init__()
@@ -211,7 +201,7 @@ class HartBlock(nn.Module):
     def __init__(self, cfg: HartConfig):
         super().__init__()
         self.attn = HartAttention(cfg)
-        self.ffn = GeluFFN(cfg.width, cfg.ffn_hidden) if cfg.mlp_type == "gpt2" else SwiGLUFFN(cfg.width, cfg.ffn_hidden)
+        self.ffn = FFN(cfg.width, cfg.ffn_hidden) if cfg.mlp_type == "gpt2" else SwiGLUFFN(cfg.width, cfg.ffn_hidden)
         self.ln_wo_grad = RMSNorm(cfg.width, cfg.norm_eps)  # shared by both branches
 
     def attn_branch(self, x_BlC, cos_Blk, sin_Blk, cache: KVCache | None) -> torch.Tensor:

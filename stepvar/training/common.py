@@ -37,6 +37,7 @@ from ..devices import resolve_device  # noqa: F401  (re-exported for the trainer
 from ..errors import CheckpointError, ConfigError, StepvarError
 from ..io import atomic_path
 from ..run_lock import output_lock
+from ..user_files import make_output_dir
 from ..loading.containers import torch_load_problem
 from ..validate import shown
 
@@ -364,15 +365,6 @@ def read_run_config(run_dir: str | os.PathLike) -> dict | None:
     return {"kind": ckpt["kind"], **ckpt["config"]}
 
 
-def _make_run_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise StepvarError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StepvarError(f"cannot create run directory {out}: {exc.strerror}") from None
-
-
 def run_job(job: Job, out_dir: str | os.PathLike, steps: int, resume: bool | str | os.PathLike = False,
             ckpt_every: int = 500, log_every: int = 10,
             on_log: Callable[[dict], None] | None = None, on_note: Callable[[str], None] | None = None) -> TrainResult:
@@ -384,7 +376,7 @@ def run_job(job: Job, out_dir: str | os.PathLike, steps: int, resume: bool | str
     torn log line).
     """
     out = Path(out_dir)
-    _make_run_dir(out)
+    make_output_dir(out, "--out")
     with output_lock(out, on_note=on_note):
         return _run_locked(job, out, steps, resume, ckpt_every, log_every, on_log, on_note or (lambda msg: None))
 
