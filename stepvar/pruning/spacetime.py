@@ -117,6 +117,38 @@ def _combine(dt: torch.Tensor, d_in: torch.Tensor, metric: str, time_weight: flo
     return torch.maximum(s, d)
 
 
+def _first_in_window(mask_Bthw: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per frame, the lowest in-frame position of a kept token within Chebyshev distance `radius` of
+    every (row, col), (B, t, h*w); -1 where there is none."""
+    B, t, h, w = mask_Bthw.shape
+    m = mask_Bthw.reshape(B * t, h, w)
+    big = h + w + 1
+    _, _, right = _row_nearest(m, big)  # first kept column >= c in each row (>= w when none)
+    col = torch.arange(w, device=m.device)
+    lo = (col - radius).clamp_min(0).expand(B * t, h, w)
+    first = torch.gather(right, 2, lo)  # (Bt, r', c): first kept column >= c - radius in row r'
+    ok = first <= col + radius
+    rows = torch.arange(h, device=m.device)
+    near = (rows[:, None] - rows[None, :]).abs() <= radius  # (r, r')
+    key = torch.where(ok, rows[:, None] * w + first, torch.full_like(first, h * w))  # (Bt, r', c)
+    key = torch.where(near[None, :, :, None], key[:, None], torch.full_like(key[:, None], h * w))  # (Bt, r, r', c)
+    out = key.amin(dim=2)
+    return torch.where(out >= h * w, torch.full_like(out, -1), out).reshape(B, t, h * w)
+
+
+def _chebyshev_ties(mask_Bthw, dt_tt, time_weight, dist_Btp, pos_Bffp):
+    """With Chebyshev, max(w|dt|, d) ties every kept token of frame f' within w|dt| of (row, col): the
+    lowest of them wins, not necessarily the in-frame nearest. Where d <= w|dt|, take that one."""
+    s_tt = dt_tt.double() * time_weight
+    out = pos_Bffp.clone()
+    for radius in sorted({int(math.floor(v)) for v in s_tt.flatten().tolist()}):
+        first = _first_in_window(mask_Bthw, radius)  # (B, f', hw)
+        pairs = (s_tt.floor() == radius)[None, :, :, None]  # (1, f, f', 1): frame pairs with this radius
+        use = pairs & (dist_Btp[:, None] >= 0) & (dist_Btp[:, None] <= radius)
+        out = torch.where(use, first[:, None].expand_as(out), out)
+    return out
+
+
 def nearest_kept_3d(idx_Bl: torch.Tensor, t: int, h: int, w: int, metric: str = "euclidean",
                     time_weight: float | None = None) -> torch.Tensor:
     """For every position of a (t, h, w) grid, the index j into idx_Bl's row of its nearest kept position, (B, L) long."""
@@ -133,9 +165,12 @@ def nearest_kept_3d(idx_Bl: torch.Tensor, t: int, h: int, w: int, metric: str = 
     dt_tt = (frames[:, None] - frames[None, :]).abs()  # (target f, candidate f')
     comb = _combine(dt_tt[None, :, :, None], dist_Btp[:, None], metric, time_weight, h, w)  # (B, f, f', hw)
     comb = torch.where(dist_Btp[:, None] < 0, torch.full_like(comb, math.inf), comb)
+    pos_Bffp = pos_Btp[:, None].expand(B, t, t, hw)
+    if metric == "chebyshev" and time_weight is not None and time_weight > 0:
+        pos_Bffp = _chebyshev_ties(mask.view(B, t, h, w), dt_tt, time_weight, dist_Btp, pos_Bffp)
     best = comb.amin(dim=2, keepdim=True)
     frame_Bfp = (comb == best).to(torch.uint8).argmax(dim=2)  # first (lowest) candidate frame at the minimum
-    in_frame = torch.gather(pos_Btp, 1, frame_Bfp)  # (B, f, hw)
+    in_frame = torch.gather(pos_Bffp, 2, frame_Bfp[:, :, None]).squeeze(2)  # (B, f, hw)
     pos_BL = (frame_Bfp * hw + in_frame).reshape(B, L)
     return torch.gather(slot_BL, 1, pos_BL)
 
