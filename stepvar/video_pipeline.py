@@ -34,6 +34,7 @@ class VideoResult:
     latent: torch.Tensor  # (1, 64, T', H', W')
     timings: dict[str, float]
     record: dict = field(default_factory=dict)
+    plan: object = None  # the PruningPlan the method ran by (over the video schedule)
 
 
 @dataclass
@@ -83,7 +84,7 @@ class VideoPipeline:
             "peak_kv_bytes": out.peak_kv_bytes, "timings": timings, "sources": self.sources,
             "versions": {"stepvar": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
-        return VideoResult(frames_u8, out.latent, timings, record)
+        return VideoResult(frames_u8, out.latent, timings, record, out.plan)
 
 
 def load_video_pipeline(

@@ -172,6 +172,13 @@ def video_plan(pruner: Pruner, schedule: StarSchedule, depth: int) -> PruningPla
     return plan
 
 
+def check_video_method(pruner: Pruner, schedule: StarSchedule, depth: int) -> Pruner:
+    """The method as it will run on this video schedule, refused (ConfigError) before anything loads if it cannot."""
+    pruner = for_video(pruner)
+    video_plan(pruner, schedule, depth)
+    return pruner
+
+
 def video_pass_counts(plan: PruningPlan, schedule: StarSchedule) -> dict[tuple[int, int, str], int]:
     """{(scale, layer, branch): tokens per row} over every repeat: what a TokenCounter records on video."""
     return {key: n * schedule.scales[key[0]].repeats for key, n in plan.counts().items()}
