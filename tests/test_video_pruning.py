@@ -262,3 +262,26 @@ def test_fastvar_on_video_uses_its_position_rule():
         video_plan(for_video(make_pruner("stepvar", restore="idw")), sched, 4)
     with pytest.raises(ConfigError, match="kv restored"):
         video_plan(for_video(make_pruner("stepvar", kv="restored")), sched, 4)
+
+
+def test_the_documented_example_method_runs_on_video(small, dense_ref):
+    """docs/adding_a_method.md's example, exactly as written, prunes video scales through the same contract."""
+    import re
+    import types
+    from pathlib import Path
+
+    from stepvar.pruning import registry
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "adding_a_method.md"
+    code = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)[0]
+    module = types.ModuleType("every_nth_video")
+    try:
+        exec(compile(code, str(doc), "exec"), module.__dict__)
+        sched = schedule()
+        one = generate_latent(small, sched, TEXT, StarSampling(seed=3), pruner=make_pruner("every-nth", keep=1.0))
+        assert torch.equal(one.latent, dense_ref.latent)
+        half = generate_latent(small, sched, TEXT, StarSampling(seed=3), pruner=make_pruner("every-nth", keep=0.5))
+        assert dict(half.counter.counts) == video_pass_counts(half.plan, sched) and half.plan.pruned_scales
+        assert not torch.equal(half.latent, dense_ref.latent)
+    finally:
+        registry.METHODS.pop("every-nth", None)
