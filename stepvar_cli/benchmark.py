@@ -357,12 +357,13 @@ def _bench_video(model, resolution, methods, keeps, flops_only, repeats, warmup,
     if as_json:
         print(json.dumps(data, default=str))
         return
-    table = Table(title=f"{model} {res}, {n_frames} frames: transformer PFLOP per video (one guidance row)",
+    table = Table(title=f"{model} {res}, {n_frames} frames: transformer TFLOP per video (one guidance row)",
                   title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("method", "PFLOP", "bound", "pruned scales", "published"):
+    for col in ("method", "TFLOP", "bound", "pruned scales", "published"):
         table.add_column(col)
     for r in rows:
-        table.add_row(plain(r.method), f"{r.pflop:.3f}", f"{r.bound:.2f}x", plain(str(r.pruned_scales)), plain(r.published))
+        table.add_row(plain(r.method), f"{r.pflop * 1e3:,.4g}", f"{r.bound:.2f}x", plain(str(r.pruned_scales)),
+                      plain(r.published))
     out.print(table)
     if timing:
         med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731

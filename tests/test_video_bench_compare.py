@@ -54,7 +54,7 @@ def test_bench_flops_only_cli_prints_the_rows():
     r = CliRunner().invoke(app, ["bench", "--model", "infinitystar-8b", "--resolution", "720p", "--flops-only",
                                  "--methods", "dense,stepvar,fastvar", "--keep", "0.4"])
     assert r.exit_code == 0, r.output
-    assert "9.259" in r.stdout and "2.28x" in r.stdout and "stepvar@0.4" in r.stdout
+    assert "9,259" in r.stdout and "2.28x" in r.stdout and "stepvar@0.4" in r.stdout
 
 
 def test_measured_same_run_timing(small_pipe):
