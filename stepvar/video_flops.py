@@ -55,3 +55,20 @@ def last_video_scales(schedule: StarSchedule, n: int = 3) -> list[int]:
     stays dense: it is about 5% and its largest scale is every video scale's reference)."""
     k = schedule.scales_per_clip
     return [s.index for s in schedule.scales if s.clip > 0 and s.rel >= k - n]
+
+
+def plan_flops(cfg: InfinityStarConfig, schedule: StarSchedule, plan, text_tokens: int = 100) -> VideoFlops:
+    """FLOPs of one guidance row when a method runs by `plan` (a PruningPlan over the video schedule):
+    each layer of each pass runs on the tokens the plan gives it, and only those enter its own keys;
+    a skipped scale costs nothing. Scores, propagation and restoration are not counted."""
+    P, C = block_params(cfg), cfg.width
+    text = 2 * P * cfg.depth * text_tokens + 4 * text_tokens * text_tokens * C * cfg.depth
+    per = []
+    for s in schedule.scales:
+        ref = sum(schedule.scales[r].tokens for r in s.refs)
+        one = 0
+        for layer in range(cfg.depth):
+            L = plan.tokens(s.index, layer)
+            one += 2 * P * L + 4 * L * (text_tokens + ref + L) * C if L else 0
+        per.append(s.repeats * one)
+    return VideoFlops(float(text), tuple(float(f) for f in per))

@@ -34,6 +34,7 @@ class VideoResult:
     latent: torch.Tensor  # (1, 64, T', H', W')
     timings: dict[str, float]
     record: dict = field(default_factory=dict)
+    plan: object = None  # the PruningPlan the method ran by (over the video schedule)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class VideoPipeline:
         feats, mask = self.text_encoder.encode([star_prompt(prompt, seconds)], self.device)
         return feats[0][mask[0]].float()
 
-    def generate(self, prompt: str, frames: int, sampling: StarSampling, on_pass=None) -> VideoResult:
+    def generate(self, prompt: str, frames: int, sampling: StarSampling, on_pass=None, pruner=None) -> VideoResult:
         seconds = check_frames(frames, self.resolution.max_seconds)  # phase 1: inputs
         schedule = self.schedule(frames)
         timings: dict[str, float] = {}
@@ -67,7 +68,7 @@ class VideoPipeline:
         text = self.encode_prompt(prompt, seconds)  # phase 2
         timings["text"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = generate_latent(self.model, schedule, text, sampling, on_pass=on_pass)  # phase 3
+        out = generate_latent(self.model, schedule, text, sampling, on_pass=on_pass, pruner=pruner)  # phase 3
         timings["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         video = self.vae.decode(out.latent)  # phase 4
@@ -77,11 +78,13 @@ class VideoPipeline:
             "prompt": prompt, "model": self.name, "model_status": self.status, "resolution": self.resolution.name,
             "frames": int(frames_u8.shape[0]), "fps": FPS, "size": list(frames_u8.shape[1:3]),
             "seconds": seconds, "schedule": schedule.to_dict(), "sampling": sampling.to_dict(),
-            "token_passes": sum(p.tokens for p in out.passes), "block_passes": len(out.passes) + 1,
+            "method": out.method,
+            "token_positions": sum(p.tokens for p in out.passes), "token_passes": out.token_passes,
+            "block_passes": len(out.passes) + 1,
             "peak_kv_bytes": out.peak_kv_bytes, "timings": timings, "sources": self.sources,
             "versions": {"stepvar": __version__, "torch": torch.__version__, "python": platform.python_version()},
         }
-        return VideoResult(frames_u8, out.latent, timings, record)
+        return VideoResult(frames_u8, out.latent, timings, record, out.plan)
 
 
 def load_video_pipeline(

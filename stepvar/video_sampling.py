@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .models.infinitystar import TEXT_SLOT, InfinityStar
+from .pruning.base import Dense, Pruner, ScaleRun, TokenCounter
+from .pruning.plan import PruningPlan
+from .video_pruning import StarConditioning, StarLayerCache, StarModelView, for_video, video_plan
 from .video_schedules import StarScale, StarSchedule
 
 LATENT_CHANNELS = 64
@@ -83,6 +86,14 @@ class StarResult:
     latent: torch.Tensor  # (1, D, T, H, W): every clip's accumulator, concatenated in time
     passes: list[PassRecord] = field(default_factory=list)
     peak_kv_bytes: int = 0
+    counter: TokenCounter = field(default_factory=TokenCounter)  # tokens per (scale, layer, branch), all repeats
+    plan: PruningPlan | None = None
+    method: dict = field(default_factory=dict)  # the method's settings as it ran, its resolved plan included
+
+    @property
+    def token_passes(self) -> int:
+        """Tokens the blocks processed, summed over blocks and passes (one guidance row)."""
+        return self.counter.total("sa")
 
 
 def apg_guidance(cond_BLV: torch.Tensor, uncond_BLV: torch.Tensor, scale: float, norm_threshold: float,
@@ -146,9 +157,13 @@ def generate_latent(
     sampling: StarSampling,
     forced_bits: list[torch.Tensor] | None = None,
     on_pass: Callable[[StarScale, int, torch.Tensor], None] | None = None,
+    pruner: Pruner | None = None,
 ) -> StarResult:
     """Run the whole schedule. `forced_bits[p]` (1, t, h, w, d), when given, replaces the draw of pass p
-    (teacher forcing, for parity tests); `on_pass(scale, repeat, logits_BLV)` sees each pass's raw logits."""
+    (teacher forcing, for parity tests); `on_pass(scale, repeat, logits_BLV)` sees each pass's raw logits.
+    `pruner` runs the blocks of every scale (dense if None); see stepvar.video_pruning."""
+    pruner = for_video(pruner or Dense())
+    plan = video_plan(pruner, schedule, model.cfg.depth)  # refuses what cannot run before anything runs
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     guided = sampling.guidance != 1
@@ -158,7 +173,9 @@ def generate_latent(
     model.run_text(prefix, cache)
 
     grid = schedule.grid
-    result = StarResult(latent=torch.empty(0))
+    result = StarResult(latent=torch.empty(0), plan=plan, method=pruner.config_dict())
+    view, conditioning = StarModelView(model), StarConditioning(mods=(None,) * model.cfg.depth)
+    masks: dict = {}  # a scale's kept positions, shared by its repeats
     clips: list[torch.Tensor] = []
     acc = torch.zeros(1, LATENT_CHANNELS, 1, 1, 1, device=device)
     x = model.embed_codes(torch.zeros(1, LATENT_CHANNELS, *schedule.scales[0].shape, device=device), B)
@@ -167,10 +184,13 @@ def generate_latent(
         target = schedule.clip_grid(s.clip)
         tau = sampling.tau_image if s.clip == 0 else sampling.tau_video
         write = s.index if s.index in schedule.last_use else None
-        for r in range(s.repeats):
+        for r in range(s.repeats if not pruner.skips(s.index) else 0):
             last = r == s.repeats - 1
             pos = scale_positions(s, r, grid, model.cfg.text_maxlen, device)
-            h = model.run_blocks(x, pos, cache, write_slot=write if last else None, read_slots=s.refs + (TEXT_SLOT,))
+            caches = [StarLayerCache(layer, write if last else None, s.refs + (TEXT_SLOT,)) for layer in cache.layers]
+            run = ScaleRun(view, conditioning, x, s.index, s, pos, caches, result.counter, cfg_pairs=guided,
+                           share_rows=True, masks=masks)
+            h = pruner.run_scale(run)
             logits = model.logits(h, semantic=s.semantic_head)
             if on_pass is not None:
                 on_pass(s, r, logits)
@@ -190,6 +210,8 @@ def generate_latent(
         for slot, last_reader in schedule.last_use.items():
             if last_reader == s.index:
                 cache.free(slot)
+        if tuple(acc.shape[2:]) != target:  # every scale of the clip so far was skipped
+            acc = F.interpolate(acc, size=target, mode="trilinear")
         if s.index + 1 == schedule.n_scales:
             break
         nxt = schedule.scales[s.index + 1]

@@ -112,6 +112,11 @@ class StarScale:
         return self.t * self.h * self.w
 
     @property
+    def n(self) -> int:
+        """Tokens, under the name the pruning plans read."""
+        return self.tokens
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         return (self.t, self.h, self.w)
 

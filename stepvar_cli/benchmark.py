@@ -71,6 +71,7 @@ def bench(
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames (16 per second + 1). [default: 81, 5 s]")] = None,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
     from stepvar.eval.bench import run_bench, save_bench_report
@@ -81,7 +82,13 @@ def bench(
         keeps = _keeps(keep)
         methods_list = _split(methods)
         from stepvar.hart_pipeline import is_hart_model
+        from stepvar.models.infinitystar import is_star_preset
 
+        if is_star_preset(model):
+            return _bench_video(model, resolution, methods_list, keeps, flops_only, repeats, warmup, prompt, seed, cfg,
+                                tau, frames, device, as_json, out_dir)
+        if frames is not None:
+            fail(f"--frames is for video models (infinitystar-*); {model or 'the default model'} makes images")
         if is_hart_model(model):
             return _bench_hart(model, resolution, aspect, methods_list, keeps, flops_only, repeats, prompt, weights, vae,
                                text_encoder, seed, cfg, tau, top_p, device, as_json)
@@ -173,17 +180,26 @@ def compare(
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames (16 per second + 1). [default: 81, 5 s]")] = None,
 ) -> None:
-    """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
+    """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent).
+    With a video model: per-frame PSNR / SSIM, temporal consistency, KV-cache bytes, FLOPs and a side-by-side MP4."""
     from stepvar.eval.compare import run_compare
     from stepvar.eval.runs import check_out_dir
     from stepvar.pipeline import load_pipeline
     from stepvar.eval.report_md import compare_compact_rows, paired_table_rows, summary_table_rows
 
     def body():
+        from stepvar.models.infinitystar import is_star_preset
+
         prompts = _read_prompts(prompt, prompts_file)
         keeps = _keeps(keep)
         methods_list = _split(methods)
+        if is_star_preset(model):
+            return _compare_video(model, prompts, methods_list, keeps, resolution, frames, seed, cfg, tau, device,
+                                  as_json, out_dir)
+        if frames is not None:
+            fail(f"--frames is for video models (infinitystar-*); {model or 'the default model'} makes images")
         sampling = sampling_options(model, cfg, tau, top_p, seed)
         if warmup < 0:
             fail(f"--warmup must be >= 0, got {warmup}")
@@ -301,3 +317,108 @@ def _bench_hart(model, resolution, aspect, methods, keeps, flops_only, repeats, 
             t2.add_row(t.method, f"{med(t.seconds):.2f}", f"{med(t.cpu_seconds):.2f}", f"{med(t.transformer_s):.2f}",
                        str(t.token_passes), f"{t.speedup:.2f}x", f"{t.speedup_transformer:.2f}x", f"{t.speedup_cpu:.2f}x")
         out.print(t2)
+
+
+def _bench_video(model, resolution, methods, keeps, flops_only, repeats, warmup, prompt, seed, cfg, tau, frames, device,
+                 as_json, out_dir) -> None:
+    """InfinityStar's branch: FLOP bounds per method and, unless --flops-only, interleaved timings of the
+    sampling loop (stepvar.eval.video_bench)."""
+    from stepvar.eval.video_bench import flop_rows, measure
+    from stepvar.models.infinitystar import star_preset
+    from stepvar.video_pipeline import frames_from_request
+    from stepvar.video_sampling import StarSampling
+    from stepvar.video_schedules import RESOLUTIONS
+
+    preset = star_preset(model)
+    res = (resolution or preset.resolutions[0]).strip()
+    res = res if res in preset.resolutions else f"{res}p"
+    if res not in preset.resolutions:
+        fail(f"{model} runs at {', '.join(preset.resolutions)}; got --resolution {resolution}")
+    if repeats < 1 or warmup < 0:
+        fail(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    if out_dir is not None:
+        fail("--out is for image models; a video bench prints its table (use --json to keep it)")
+    n_frames = frames_from_request(frames, None, RESOLUTIONS[res].max_seconds)
+    sampling = StarSampling.from_options(cfg, tau, seed)
+    rows = flop_rows(model, res, n_frames, methods, keeps)
+    data = {"model": model, "resolution": res, "frames": n_frames, "keep": keeps, "flops": [r.to_dict() for r in rows],
+            "flops_note": "transformer, one guidance row, about 100 text tokens; selection cost not counted"}
+    timing = []
+    if not flops_only:
+        from stepvar.devices import resolve_device
+        from stepvar.video_pipeline import load_video_pipeline
+
+        pipe = load_video_pipeline(model, None, None, None, res, str(resolve_device(device)), seed)
+        if not pipe.trained:
+            err.print(note(f"model {model} is {pipe.status}: timings and FLOPs are real, the videos are not"))
+        text = pipe.encode_prompt(prompt or "a red car", (n_frames - 1) // 16)
+        timing = measure(pipe.model, pipe.schedule(n_frames), text, methods, keeps, repeats, sampling, warmup)
+        data["timings"] = [t.to_dict() for t in timing]
+    if as_json:
+        print(json.dumps(data, default=str))
+        return
+    table = Table(title=f"{model} {res}, {n_frames} frames: transformer TFLOP per video (one guidance row)",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("method", "TFLOP", "bound", "pruned scales", "published"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(plain(r.method), f"{r.pflop * 1e3:,.4g}", f"{r.bound:.2f}x", plain(str(r.pruned_scales)),
+                      plain(r.published))
+    out.print(table)
+    if timing:
+        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+        t2 = Table(title=f"measured sampling loop, {repeats} interleaved run(s) each after {warmup} warm-up",
+                   title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("method", "median s", "CPU s", "token passes", "speedup", "speedup (CPU time)"):
+            t2.add_column(col)
+        for t in timing:
+            t2.add_row(plain(t.method), f"{med(t.seconds):.2f}", f"{med(t.cpu_seconds):.2f}", str(t.token_passes),
+                       f"{t.speedup:.2f}x", f"{t.speedup_cpu:.2f}x")
+        out.print(t2)
+
+
+def _compare_video(model, prompts, methods, keeps, resolution, frames, seed, cfg, tau, device, as_json, out_dir) -> None:
+    """InfinityStar's branch of compare (stepvar.eval.video_compare)."""
+    from stepvar.devices import resolve_device
+    from stepvar.eval.runs import check_out_dir
+    from stepvar.eval.video_compare import run_video_compare
+    from stepvar.models.infinitystar import star_preset
+    from stepvar.video_pipeline import frames_from_request, load_video_pipeline
+    from stepvar.video_pruning import check_video_method
+    from stepvar.video_sampling import StarSampling
+    from stepvar.video_schedules import RESOLUTIONS
+    from stepvar.eval.runs import expand_configs
+
+    if len(prompts) != 1:
+        fail(f"a video compare takes one prompt, got {len(prompts)}")
+    preset = star_preset(model)
+    res = str(resolution) if resolution is not None else preset.resolutions[0]
+    res = res if res in preset.resolutions else f"{res}p"
+    if res not in preset.resolutions:
+        fail(f"{model} runs at {', '.join(preset.resolutions)}; got --resolution {resolution}")
+    n_frames = frames_from_request(frames, None, RESOLUTIONS[res].max_seconds)
+    sampling = StarSampling.from_options(cfg, tau, seed)
+    schedule = RESOLUTIONS[res].schedule(n_frames)
+    for c in expand_configs(methods, keeps):  # every method is checked on this schedule before anything loads
+        check_video_method(c.pruner(), schedule, preset.depth)
+    check_out_dir(out_dir)
+    pipe = load_video_pipeline(model, None, None, None, res, str(resolve_device(device)), seed)
+    if not pipe.trained:
+        err.print(note(f"model {model} is {pipe.status}: the figures compare random-weight videos"))
+    try:
+        report = run_video_compare(pipe, prompts[0], n_frames, methods, keeps, sampling, out_dir,
+                                   on_progress=lambda msg: err.print(plain(msg), highlight=False))
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+    data = report.to_dict()
+    if as_json:
+        print(json.dumps(data, default=str))
+        return
+    head = ["config", "PSNR dB", "SSIM", "temporal", "KV MB", "TFLOP", "bound", "token passes", "s"]
+    cells = [[r["method"], "identical" if r["identical"] else f"{r['psnr_mean']:.2f}", f"{r['ssim_mean']:.4f}",
+              "-" if r["temporal_agreement"] is None else f"{r['temporal_agreement']:.4f}",
+              f"{r['peak_kv_bytes'] / 2**20:.1f}", f"{r['transformer_flops'] / 1e12:.3f}", f"{r['flops_bound']:.2f}x",
+              str(r["token_passes"]), f"{r['seconds']:.1f}"] for r in data["results"]]
+    out.print(_table(head, cells, f"stepvar compare: {model} ({pipe.status}), {n_frames} frames, seed {seed}; "
+                                  "mean per-frame fidelity to dense"))
+    out.print(plain(f"wrote {out_dir}/side_by_side.mp4, report.json and one MP4 per method"), highlight=False)

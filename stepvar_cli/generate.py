@@ -40,7 +40,8 @@ def generate(
 
     if is_star_preset(model):
         return _generate_video(prompt, out_path or Path("stepvar.mp4"), model, weights, vae, text_encoder, resolution,
-                               seed, cfg, tau, method, keep, keep_per_scale, first_scale, device, as_json, frames, duration)
+                               seed, cfg, tau, (method, keep, keep_per_scale, first_scale, method_file), device, as_json,
+                               frames, duration)
     out_path = out_path or Path("stepvar.png")
 
     from stepvar.errors import ConfigError
@@ -123,7 +124,7 @@ def _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resoluti
 
 
 def _generate_video(prompt, out_path, model, weights, vae, text_encoder, resolution, seed, cfg, tau,
-                    method, keep, keep_per_scale, first_scale, device, as_json, frames, duration) -> None:
+                    method_options, device, as_json, frames, duration) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepvar.devices import resolve_device
@@ -131,14 +132,14 @@ def _generate_video(prompt, out_path, model, weights, vae, text_encoder, resolut
     from stepvar.text import check_prompts
     from stepvar.video_pipeline import (check_video_output, frames_from_request, load_video_pipeline,
                                         save_video_outputs)
+    from stepvar.video_pruning import check_video_method
     from stepvar.video_sampling import StarSampling
     from stepvar.video_schedules import RESOLUTIONS
 
     def body():
         # Everything is checked before any weights load or any compute runs.
         check_prompts([prompt])
-        if method not in (None, "dense") or keep is not None or keep_per_scale or first_scale is not None:
-            raise StepvarError(f"{model}: pruning video models is not implemented yet; use --method dense")
+        pruner = make_method(*method_options)
         preset = star_preset(model)
         res = f"{resolution}p" if resolution is not None and f"{resolution}p" in preset.resolutions else (
             str(resolution) if resolution is not None else preset.resolutions[0])
@@ -147,6 +148,7 @@ def _generate_video(prompt, out_path, model, weights, vae, text_encoder, resolut
                                f"{', '.join(r.rstrip('p') for r in preset.resolutions)}); got {resolution}")
         n_frames = frames_from_request(frames, duration, RESOLUTIONS[res].max_seconds)
         check_video_output(out_path, n_frames)
+        pruner = check_video_method(pruner, RESOLUTIONS[res].schedule(n_frames), preset.depth)
         sampling = StarSampling.from_options(cfg, tau, seed)
         pipe = load_video_pipeline(model, weights, vae, text_encoder, res, str(resolve_device(device)), seed)
         schedule = pipe.schedule(n_frames)
@@ -159,7 +161,7 @@ def _generate_video(prompt, out_path, model, weights, vae, text_encoder, resolut
             def on_pass(scale, repeat, logits):
                 bar.update(task, advance=1, description=f"clip {scale.clip + 1}/{schedule.n_clips} scale {scale.rel + 1}/{schedule.scales_per_clip}")
 
-            result = pipe.generate(prompt, n_frames, sampling, on_pass=on_pass)
+            result = pipe.generate(prompt, n_frames, sampling, on_pass=on_pass, pruner=pruner)
         result.record["output"] = str(out_path)
         written = save_video_outputs(out_path, result)
         if as_json:
@@ -167,7 +169,8 @@ def _generate_video(prompt, out_path, model, weights, vae, text_encoder, resolut
         else:
             t = result.timings
             h, w = result.frames.shape[1:3]
-            out.print(plain(f"wrote {out_path} ({result.frames.shape[0]} frames, {w}x{h}, seed {seed}) in "
+            out.print(plain(f"wrote {out_path} ({result.frames.shape[0]} frames, {w}x{h}, {pruner.name}, seed {seed}, "
+                            f"{result.record['token_passes']} token passes) in "
                             f"{sum(t.values()):.1f}s (transformer {t['sample']:.1f}s, decode {t['decode']:.1f}s); "
                             f"settings in {written['sidecar']}"))
 

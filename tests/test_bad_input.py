@@ -62,6 +62,7 @@ def fx(tmp_path_factory) -> Path:
     (d / "evil.yaml").write_text("method: !!python/object/apply:os.system ['echo pwned']\n")
     (d / "broken.yaml").write_text("method: stepvar\nkeep: [0.4\n")
     (d / "list.yaml").write_text("- a\n- b\n")
+    (d / "idw.yaml").write_text("method: stepvar\nkeep: 0.4\nrestore: idw\n")
     os.mkfifo(d / "fifo")
     torch.save({1: torch.zeros(2)}, d / "intkeys.pth")
     torch.save([torch.zeros(2)], d / "list.pth")
@@ -343,6 +344,15 @@ CASES: list[tuple[str, list[str]]] = [
     ("export-text-file", ["train", "export", "{fx}/grammar.txt", "--out", "{out}/e"]),
     ("export-empty", ["train", "export", "{fx}/empty.pth", "--out", "{out}/e"]),
     ("export-vae-missing", ["train", "export", "{fx}/nope", "--out", "{out}/e", "--vae", "{fx}/nope"]),
+    # ---- video: checked before the model loads
+    ("video-frames-18", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "18", "--out", "{out}/c.mp4"]),
+    ("video-duration-7", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--duration", "7", "--out", "{out}/c.mp4"]),
+    ("video-17-frames-to-png", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "17", "--out", "{out}/c.png"]),
+    ("video-image-model-frames", ["generate", "-p", "a red circle", "-m", "tiny", "--frames", "17", "--out", "{out}/c.png"]),
+    ("video-first-scale-99", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "17", "--first-scale", "99",
+                              "--out", "{out}/c.mp4"]),
+    ("video-restore-idw", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "17", "--method-file",
+                           "{fx}/idw.yaml", "--out", "{out}/c.mp4"]),
 ]
 
 runner = CliRunner()
@@ -370,6 +380,7 @@ def no_work(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("work started before the bad input was refused")
     monkeypatch.setattr(stepvar.pipeline.Pipeline, "generate", started)
+    monkeypatch.setattr(importlib.import_module("stepvar.video_pipeline").VideoPipeline, "generate", started)
     for module, name in (("stepvar.training.train_vae", "run_job"), ("stepvar.training.train_gpt", "run_job"),
                          ("stepvar.training.latent_pool", "build_latent_pool"),
                          ("stepvar.eval.overhead", "measure_selection_overhead")):
@@ -382,8 +393,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_223_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """223 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_229_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """229 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -401,7 +412,7 @@ def test_bad_input_table_223_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 223 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 229 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------

@@ -208,7 +208,7 @@ def test_residual_propagation_equals_per_block_propagation_with_a_fixed_selectio
     """propagate=residual (one propagation per scale) == per-block update propagation, same subset."""
     from stepvar.pruning.stepvar import StepVAR
 
-    def every_other(self, x_BLC, h, w, k, cfg_pairs=False):
+    def every_other(self, x_BLC, h, w, k, cfg_pairs=False, *video_args):
         B, L, _ = x_BLC.shape
         return torch.arange(0, L, 2).repeat(B, 1)[:, :k]
 

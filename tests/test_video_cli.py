@@ -20,7 +20,7 @@ def run(*args):
     (["--model", "infinitystar-tiny", "--frames", "17", "--out", "{tmp}/a.png"], "go to an .mp4"),
     (["--model", "infinitystar-tiny", "--duration", "7"], "allowed"),
     (["--model", "infinitystar-tiny", "--frames", "17", "--duration", "1"], "not both"),
-    (["--model", "infinitystar-tiny", "--method", "stepvar", "--keep", "0.4"], "not implemented"),
+    (["--model", "infinitystar-tiny", "--first-scale", "30"], "outside this schedule"),
     (["--model", "infinitystar-tiny", "--resolution", "720"], "generates at 256"),
     (["--model", "infinitystar-tiny", "--tau", "a"], "--tau"),
     (["--model", "infinitystar-8b", "--frames", "17"], "needs --weights"),

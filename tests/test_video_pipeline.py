@@ -36,7 +36,8 @@ def test_generate_17_frames_and_mp4_round_trip(small_pipe, tmp_path):
     assert np.array_equal(res.frames[0], res.frames[1])
     rec = res.record
     assert rec["model_status"].startswith("untrained") and rec["frames"] == 17 and rec["seconds"] == 1
-    assert rec["block_passes"] == 23 and rec["token_passes"] == 3_520
+    assert rec["block_passes"] == 23 and rec["token_positions"] == 3_520
+    assert rec["token_passes"] == 3_520 * 2 and rec["method"] == {"method": "dense"}  # tokens x blocks, one row
     assert set(rec["timings"]) == {"text", "sample", "decode"}
     out = write_mp4(tmp_path / "clip.mp4", res.frames)
     back = iio.imread(out)

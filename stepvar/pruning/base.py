@@ -64,10 +64,27 @@ class ScaleRun:
     caches: list[KVCache]
     counter: TokenCounter
     cfg_pairs: bool = False  # rows are [cond; uncond] halves of the same prompts
+    # Video: both guidance rows keep the same positions, and a scale run several times (repeats)
+    # reuses the positions its first run chose (kept in `masks`, one per generation, by scale).
+    share_rows: bool = False
+    masks: dict | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
         return self.scale.h, self.scale.w
+
+    @property
+    def grid3(self) -> tuple[int, int, int]:
+        """(t, h, w) of the scale: t = 1 on images."""
+        return getattr(self.scale, "t", 1), self.scale.h, self.scale.w
+
+    def mask(self, choose) -> torch.Tensor:
+        """The kept positions of this scale: choose() now, or what it chose on the scale's first run."""
+        if self.masks is None:
+            return choose()
+        if self.si not in self.masks:
+            self.masks[self.si] = choose()
+        return self.masks[self.si]
 
     def rope(self, pos: torch.Tensor):
         """cos, sin for positions (L, 2) shared by all rows, or (B, l, 2) per row."""

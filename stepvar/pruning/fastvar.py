@@ -18,7 +18,7 @@ from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_branch_counted, r
 from .plan import (RELEASE_LAYERS, RELEASE_PRUNE_BY_WIDTH, PruningPlan, dense_layer_split, release_layers,
                    release_scales, resolve_keep, resolve_scales)
 from .propagation import scatter_kept
-from .restoration import area_resize
+from .spacetime import area_resize_grid, shared_rows
 from .scores import ROUNDINGS, dc_score, keep_count, select_topk
 
 RULES = ("release", "position")
@@ -107,7 +107,7 @@ class FastVAR(Pruner):
         self.cache_si = self.active_plan.extra["cache_scale"]
         if self.cache_si is not None:
             cache_scale = schedule.scales[self.cache_si]
-            self.cache_grid = (cache_scale.h, cache_scale.w)
+            self.cache_grid = (getattr(cache_scale, "t", 1), cache_scale.h, cache_scale.w)
         self.branch_cache: dict[tuple[int, str], torch.Tensor] = {}
 
     # ---- execution -------------------------------------------------------------------
@@ -136,14 +136,15 @@ class FastVAR(Pruner):
         # The sampler may have dropped the unconditional rows since the cache scale; the
         # conditional rows come first, so the first rows of the cache are the live ones.
         y = self.branch_cache[(layer, name)][: run.x_BLC.shape[0]]
-        return area_resize(y, self.cache_grid, run.grid)
+        return area_resize_grid(y, self.cache_grid, run.grid3)
 
     def _run_pruned(self, run: ScaleRun, k: int) -> torch.Tensor:
         official = getattr(run.model, "numerics", "exact") == "official"
 
         def pruned(layer: int, x: torch.Tensor) -> torch.Tensor:
             for name in BRANCHES:
-                idx = select_topk(dc_score(x, official), k, order="score")  # re-scored per sub-layer, per row
+                score = dc_score(x, official)  # re-scored per sub-layer, per row (video: one score for both rows)
+                idx = select_topk(shared_rows(score) if run.share_rows and run.cfg_pairs else score, k, order="score")
                 cos_k, sin_k = run.rope(run.pos_L2[idx])
                 y_kept = run_branch_counted(run, layer, name, gather_rows(x, idx), cos_k, sin_k)
                 x = x + scatter_kept(self._restore_base(layer, name, run), idx, y_kept)

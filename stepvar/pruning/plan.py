@@ -88,6 +88,9 @@ class PruningPlan:
 
 
 def default_pruned_scales(schedule: ScaleSchedule) -> list[int]:
+    own_rule = getattr(schedule, "default_pruned_scales", None)  # a video schedule keeps its image clip dense
+    if own_rule is not None:
+        return own_rule()
     last = schedule.last
     return [i for i, s in enumerate(schedule.scales) if 2 * s.h >= last.h and 2 * s.w >= last.w and s.n > 1]
 

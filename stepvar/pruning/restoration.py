@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.blocks import ada_ln, compute_dtype
 from .base import ScaleRun, gather_rows, run_block_dense
-from .propagation import kept_mask, nearest_kept, propagate, scatter_kept
+from .propagation import kept_mask, propagate, scatter_kept
+from .spacetime import area_resize_grid, nearest_kept_grid
 
 RESTORES = ("nearest", "cached", "cached_nearest", "idw", "cached_idw")
 CACHE_FROM = ("previous", "dense")
@@ -92,11 +93,14 @@ def pruned_positions(idx_Bl: torch.Tensor, L: int) -> torch.Tensor:
 class ScaleRestorer:
     """The restoration of one pruned scale: its neighbours are found once, used for every update."""
 
-    def __init__(self, owner: "Restoration", idx_Bl: torch.Tensor, h: int, w: int, cached: list | None):
+    def __init__(self, owner: "Restoration", idx_Bl: torch.Tensor, h: int, w: int, cached: list | None, t: int = 1):
         self.owner, self.idx_Bl, self.h, self.w = owner, idx_Bl, h, w
         self.cached = cached  # area-resized cached update maps: [final] or one per pruned layer + final
         rule = owner.restore
-        self.nn_BL = nearest_kept(idx_Bl, h, w, metric=owner.metric) if rule in ("nearest", "cached_nearest") else None
+        self.nn_BL = (nearest_kept_grid(idx_Bl, (t, h, w), metric=owner.metric, time_weight=owner.time_weight)
+                      if rule in ("nearest", "cached_nearest") else None)
+        if rule in ("idw", "cached_idw") and t > 1:
+            raise ConfigError(f"restore {rule} works on image grids only; on video scales use nearest, cached or cached_nearest")
         self.knn = k_nearest_kept(idx_Bl, h, w, owner.neighbours) if rule in ("idw", "cached_idw") else None
 
     def _cached(self, step: int | None) -> torch.Tensor:
@@ -121,7 +125,7 @@ class Restoration:
     """A restoration rule plus the per-generation record of update maps that the cached rules read."""
 
     def __init__(self, restore: str = "nearest", neighbours: int = 4, power: float = 2.0, cache_from: str = "previous",
-                 kv: str = "kept", metric: str = "euclidean"):
+                 kv: str = "kept", metric: str = "euclidean", time_weight: float | None = None):
         for name, value, allowed in (("restore", restore, RESTORES), ("cache_from", cache_from, CACHE_FROM),
                                      ("kv", kv, KV_FILL)):
             if value not in allowed:
@@ -131,7 +135,7 @@ class Restoration:
         if power < 0:
             raise ConfigError(f"idw_power must be >= 0, got {power}")
         self.restore, self.neighbours, self.power = restore, int(neighbours), float(power)
-        self.cache_from, self.kv, self.metric = cache_from, kv, metric
+        self.cache_from, self.kv, self.metric, self.time_weight = cache_from, kv, metric, time_weight
         self.begin()
 
     @property
@@ -143,7 +147,7 @@ class Restoration:
         return self.kv == "restored"
 
     def begin(self) -> None:
-        self.record_grid: tuple[int, int] | None = None
+        self.record_grid: tuple[int, ...] | None = None
         self.record_maps: list[torch.Tensor] | None = None
 
     def check_plan(self, pruned: list[int]) -> None:
@@ -153,11 +157,11 @@ class Restoration:
     def wants_record(self, pruned: bool) -> bool:
         return self.uses_cache and (self.cache_from == "previous" or not pruned)
 
-    def record(self, grid: tuple[int, int], maps: list[torch.Tensor]) -> None:
+    def record(self, grid: tuple[int, ...], maps: list[torch.Tensor]) -> None:
         """Keep a scale's update maps: the cumulative update before each pruned layer (if kv fill needs them), then the total."""
         self.record_grid, self.record_maps = tuple(grid), maps
 
-    def for_scale(self, idx_Bl: torch.Tensor, h: int, w: int) -> ScaleRestorer:
+    def for_scale(self, idx_Bl: torch.Tensor, h: int, w: int, t: int = 1) -> ScaleRestorer:
         cached = None
         if self.uses_cache:
             if self.record_maps is None:
@@ -166,8 +170,8 @@ class Restoration:
             # conditional rows come first, so the first rows are the live ones.
             rows = idx_Bl.shape[0]
             maps = self.record_maps if self.fills_kv else self.record_maps[-1:]
-            cached = [area_resize(m[:rows], self.record_grid, (h, w)) for m in maps]
-        return ScaleRestorer(self, idx_Bl, h, w, cached)
+            cached = [area_resize_grid(m[:rows], self.record_grid, (t, h, w)) for m in maps]
+        return ScaleRestorer(self, idx_Bl, h, w, cached, t)
 
 
 def run_dense_recording(run: ScaleRun, first: int, end: int, per_layer: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:

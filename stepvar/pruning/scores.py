@@ -224,15 +224,20 @@ def joint_score(
     init: str = "ones",
     border: str = "exclude_pad",
     structure_power: int = 1,
+    t: int = 1,
+    window: str = "frame",
 ) -> torch.Tensor:
     """StepVAR's S = w_str * norm(S_str ** p) + norm(S_txt), (B, L) fp32.
 
     structure_power=2 squares the projection so both terms are quadratic in the features.
+    t > 1: a (t, h, w) video grid, its texture filtered per frame or over the volume (`window`).
     """
+    from .spacetime import texture_score_grid
+
     s_str = structure_score(x_BLC, iters=iters, init=init)
     if structure_power != 1:
         s_str = s_str.pow(structure_power)
-    s_txt = texture_score(x_BLC, h, w, border=border)
+    s_txt = texture_score_grid(x_BLC, (t, h, w), border=border, window=window)
     return w_str * normalize_score(s_str, norm) + normalize_score(s_txt, norm)
 
 

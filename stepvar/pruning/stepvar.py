@@ -15,10 +15,11 @@ from ..schedules import ScaleSchedule
 from .base import BRANCHES, Pruner, ScaleRun, gather_rows, run_block_dense, run_branch_counted, run_dense_stack, \
     run_layers
 from .plan import PruningPlan, dense_layer_split, resolve_keep, resolve_scales
-from .propagation import METRICS, nearest_kept, propagate
+from .propagation import METRICS, propagate
 from .restoration import Restoration, fill_pruned_kv, pruned_positions, run_dense_recording
-from .scores import BORDERS, INITS, NORMS, ORDERS, ROUNDINGS, dc_score, joint_score, keep_count, normalize_score, \
-    select_topk, structure_score, texture_score
+from .scores import BORDERS, INITS, NORMS, ORDERS, ROUNDINGS, dc_score, joint_score, keep_count, select_topk, \
+    structure_score
+from .spacetime import WINDOWS, check_time_weight, nearest_kept_grid, shared_rows, texture_score_grid
 
 SCORES = ("joint", "texture", "structure", "random", "dc")
 SELECTIONS = ("scale", "block", "sublayer")
@@ -58,15 +59,22 @@ class StepVARConfig:
     idw_power: float = 2.0  # idw rules: weight = distance ** -idw_power
     cache_from: str = "previous"  # cached rules: previous (every scale's update) | dense (the last unpruned scale's)
     kv: str = "kept"  # kept | restored: pruned positions also enter the KV cache, in their restored state
+    # Video scales (t > 1; images ignore both): the texture filter's neighbourhood, per frame
+    # (3 x 3) or over the volume (3 x 3 x 3); and how far a latent frame is for propagation, in
+    # grid steps (unset: the nearest kept token of the same frame, else of the nearest frame).
+    texture_window: str = "frame"  # frame | volume
+    time_weight: float | None = None
 
     def check(self) -> None:
         for name, value, allowed in (("score", self.score, SCORES), ("selection", self.selection, SELECTIONS),
                                      ("cfg_rows", self.cfg_rows, CFG_ROWS), ("propagate", self.propagate, PROPAGATE),
                                      ("norm", self.norm, NORMS), ("power_init", self.power_init, INITS),
                                      ("border", self.border, BORDERS), ("order", self.order, ORDERS),
-                                     ("rounding", self.rounding, ROUNDINGS), ("metric", self.metric, METRICS)):
+                                     ("rounding", self.rounding, ROUNDINGS), ("metric", self.metric, METRICS),
+                                     ("texture_window", self.texture_window, WINDOWS)):
             if value not in allowed:
                 raise ConfigError(f"stepvar {name} must be one of {', '.join(allowed)}, got {value!r}")
+        check_time_weight(self.time_weight)
         if self.power_iters < 1:
             raise ConfigError(f"power_iters must be >= 1, got {self.power_iters}")
         if (self.restore != "nearest" or self.kv != "kept") and (self.selection != "scale" or self.propagate != "residual"):
@@ -81,7 +89,7 @@ class StepVAR(Pruner):
         super().__init__(config, name)
         self.config.check()
         c = self.config
-        self.restoration = Restoration(c.restore, c.neighbours, c.idw_power, c.cache_from, c.kv, c.metric)
+        self.restoration = Restoration(c.restore, c.neighbours, c.idw_power, c.cache_from, c.kv, c.metric, c.time_weight)
 
     # ---- planning --------------------------------------------------------------------
     def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
@@ -100,13 +108,13 @@ class StepVAR(Pruner):
         self.restoration.begin()
 
     # ---- selection -------------------------------------------------------------------
-    def score(self, x_BLC: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def score(self, x_BLC: torch.Tensor, h: int, w: int, t: int = 1) -> torch.Tensor:
         c = self.config
         if c.score == "joint":
             return joint_score(x_BLC, h, w, w_str=c.w_str, norm=c.norm, iters=c.power_iters, init=c.power_init,
-                               border=c.border, structure_power=c.structure_power)
+                               border=c.border, structure_power=c.structure_power, t=t, window=c.texture_window)
         if c.score == "texture":
-            return texture_score(x_BLC, h, w, border=c.border)
+            return texture_score_grid(x_BLC, (t, h, w), border=c.border, window=c.texture_window)
         if c.score == "structure":
             return structure_score(x_BLC, iters=c.power_iters, init=c.power_init)
         if c.score == "dc":
@@ -114,14 +122,17 @@ class StepVAR(Pruner):
         rand = torch.rand(x_BLC.shape[:2], generator=self._rng)
         return rand.to(x_BLC.device)
 
-    def select(self, x_BLC: torch.Tensor, h: int, w: int, k: int, cfg_pairs: bool = False) -> torch.Tensor:
-        """Kept positions (B, l), per row, or shared by the cond/uncond rows of each prompt."""
-        s_BL = self.score(x_BLC, h, w)
-        if self.config.cfg_rows == "shared" and cfg_pairs:
-            half = x_BLC.shape[0] // 2
-            s = normalize_score(s_BL, "minmax")
-            s_BL = (s[:half] + s[half:]).repeat(2, 1)
+    def select(self, x_BLC: torch.Tensor, h: int, w: int, k: int, cfg_pairs: bool = False, t: int = 1,
+               share: bool = False) -> torch.Tensor:
+        """Kept positions (B, l), per row, or shared by the cond/uncond rows of each prompt
+        (cfg_rows shared, or `share`: the video runner always shares them)."""
+        s_BL = self.score(x_BLC, h, w, t)
+        if (self.config.cfg_rows == "shared" or share) and cfg_pairs:
+            s_BL = shared_rows(s_BL)
         return select_topk(s_BL, k, order=self.config.order)
+
+    def _nearest(self, idx_Bl: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        return nearest_kept_grid(idx_Bl, grid, metric=self.config.metric, time_weight=self.config.time_weight)
 
     # ---- execution -------------------------------------------------------------------
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
@@ -129,7 +140,7 @@ class StepVAR(Pruner):
         if not plan.prunes(run.si):
             if self.restoration.wants_record(pruned=False):  # the same dense calls, keeping the update map
                 x, maps = run_dense_recording(run, *plan.layers, self.restoration.fills_kv)
-                self.restoration.record(run.grid, maps)
+                self.restoration.record(run.grid if run.grid3[0] == 1 else run.grid3, maps)
                 return x
             return run_dense_stack(run)  # nothing to prune: exactly the dense computation
         if self.config.selection == "scale":
@@ -138,17 +149,17 @@ class StepVAR(Pruner):
 
     def _run_once_per_scale(self, run: ScaleRun) -> torch.Tensor:
         """Selection once per scale: one subset through all pruned layers, one propagation at the end."""
-        h, w = run.grid
+        t, h, w = grid = run.grid3
         first, end = self.active_plan.layers
         cos, sin = run.rope(run.pos_L2)
         x = run.x_BLC
         for layer in range(first):
             x = run_block_dense(run, layer, x, cos, sin)
-        idx_Bl = self.select(x, h, w, self.active_plan.kept[run.si], run.cfg_pairs)
+        idx_Bl = run.mask(lambda: self.select(x, h, w, self.active_plan.kept[run.si], run.cfg_pairs, t, run.share_rows))
         x_BlC = start_BlC = gather_rows(x, idx_Bl)
         cos_k, sin_k = run.rope(run.pos_L2[idx_Bl])  # kept tokens keep their own RoPE positions
         rest = self.restoration
-        restorer = rest.for_scale(idx_Bl, h, w) if self.config.propagate == "residual" else None
+        restorer = rest.for_scale(idx_Bl, h, w, t) if self.config.propagate == "residual" else None
         pruned_Bp = pruned_positions(idx_Bl, run.scale.n) if rest.fills_kv else None
         maps = []
         for layer in range(first, end):
@@ -160,22 +171,21 @@ class StepVAR(Pruner):
             maps.append(restorer.update(x_BlC - start_BlC))
             x = x + maps[-1]
             if rest.wants_record(pruned=True):
-                rest.record(run.grid, maps)
+                rest.record(run.grid if t == 1 else grid, maps)
         else:
-            x = propagate(x_BlC, nearest_kept(idx_Bl, h, w, metric=self.config.metric))
+            x = propagate(x_BlC, self._nearest(idx_Bl, grid))
         for layer in range(end, len(run.model.blocks)):
             x = run_block_dense(run, layer, x, cos, sin)
         return x
 
     def _run_reselecting(self, run: ScaleRun) -> torch.Tensor:
         """Selection per block or per sub-layer: re-score the full-length state, NN-propagate each update."""
-        h, w = run.grid
+        t, h, w = grid = run.grid3
         k = self.active_plan.kept[run.si]
-        metric = self.config.metric
 
         def per_block(layer: int, x: torch.Tensor) -> torch.Tensor:
-            idx = self.select(x, h, w, k, run.cfg_pairs)
-            nn_BL = nearest_kept(idx, h, w, metric=metric)
+            idx = self.select(x, h, w, k, run.cfg_pairs, t, run.share_rows)
+            nn_BL = self._nearest(idx, grid)
             cos_k, sin_k = run.rope(run.pos_L2[idx])
             xk = start = gather_rows(x, idx)
             for name in BRANCHES:
@@ -184,10 +194,10 @@ class StepVAR(Pruner):
 
         def per_sublayer(layer: int, x: torch.Tensor) -> torch.Tensor:
             for name in BRANCHES:
-                idx = self.select(x, h, w, k, run.cfg_pairs)
+                idx = self.select(x, h, w, k, run.cfg_pairs, t, run.share_rows)
                 cos_k, sin_k = run.rope(run.pos_L2[idx])
                 delta = run_branch_counted(run, layer, name, gather_rows(x, idx), cos_k, sin_k)
-                x = x + propagate(delta, nearest_kept(idx, h, w, metric=metric))
+                x = x + propagate(delta, self._nearest(idx, grid))
             return x
 
         return run_layers(run, run.x_BLC, self.active_plan.layers,
