@@ -12,8 +12,9 @@ from rich.table import Table
 
 
 from .console import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, err, fail, out, run_guarded
-from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, JsonOpt, KeepListOpt, MethodsOpt, ModelOpt, ResListOpt,
-                      ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, sampling_options)
+from .options import (AspectOpt, CfgDropOpt, CfgOpt, DeviceOpt, DtypeOpt, JsonOpt, KeepListOpt, MethodsOpt, ModelOpt,
+                      ResListOpt, ResOpt, SeedOpt, SizeOpt, SkipLastOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt,
+                      accelerated_methods, sampling_options)
 from .safe_print import note, plain
 
 
@@ -71,6 +72,7 @@ def bench(
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
     from stepvar.eval.bench import run_bench, save_bench_report
@@ -79,7 +81,7 @@ def bench(
 
     def body():
         keeps = _keeps(keep)
-        methods_list = _split(methods)
+        methods_list = accelerated_methods(_split(methods), cfg_drop_from, skip_last)
         from stepvar.hart_pipeline import is_hart_model
 
         if is_hart_model(model):
@@ -173,6 +175,7 @@ def compare(
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
+    cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent)."""
     from stepvar.eval.compare import run_compare
@@ -183,7 +186,7 @@ def compare(
     def body():
         prompts = _read_prompts(prompt, prompts_file)
         keeps = _keeps(keep)
-        methods_list = _split(methods)
+        methods_list = accelerated_methods(_split(methods), cfg_drop_from, skip_last)
         sampling = sampling_options(model, cfg, tau, top_p, seed)
         if warmup < 0:
             fail(f"--warmup must be >= 0, got {warmup}")

@@ -131,6 +131,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("gen-keep-table-junk", ["generate", "-p", "a red circle", "--method", "stepvar", "--keep-per-scale", "5=0.4"]),
     ("gen-first-scale-neg", ["generate", "-p", "a red circle", "--method", "stepvar", "--first-scale", "-1"]),
     ("gen-first-scale-big", ["generate", "-p", "a red circle", "--method", "stepvar", "--first-scale", "99"]),
+    ("gen-skip-last-all", ["generate", "-p", "a red circle", "--skip-last", "7"]),
+    ("gen-skip-last-neg", ["generate", "-p", "a red circle", "--method", "stepvar", "--skip-last", "-1"]),
+    ("gen-cfg-drop-past", ["generate", "-p", "a red circle", "--cfg-drop-from", "7"]),
+    ("gen-cfg-drop-after-skip", ["generate", "-p", "a red circle", "--cfg-drop-from", "6", "--skip-last", "1"]),
     ("gen-resolution-300", ["generate", "-p", "a red circle", "--resolution", "300"]),
     ("gen-aspect-junk", ["generate", "-p", "a red circle", "--aspect", "banana"]),
     ("gen-aspect-zero", ["generate", "-p", "a red circle", "--aspect", "0:1"]),
@@ -314,6 +318,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("bench-variant-no-key", ["bench", "--methods", "stepvar:=1", "--out", "{out}/b"]),
     ("bench-variant-nested-scales", ["bench", "--methods", "stepvar:scales=[1,[2]]", "--out", "{out}/b"]),
     ("bench-variant-keep-mapping", ["bench", "--methods", "stepvar:keep={a: 1}", "--out", "{out}/b"]),
+    ("bench-skip-last-all", ["bench", "--skip-last", "7", "--out", "{out}/b"]),
+    ("bench-variant-cfg-drop-past", ["bench", "--methods", "fastvar-skip:cfg_drop_from=99", "--out", "{out}/b"]),
+    ("bench-flops-skip-last-all", ["bench", "--flops-only", "-m", "infinity-2b", "-r", "1024", "--skip-last", "13"]),
     ("bench-resolution-empty", ["bench", "--resolution", "", "--out", "{out}/b"]),
     ("bench-aspect-junk", ["bench", "--aspect", "junk", "--out", "{out}/b"]),
     ("bench-prompt-empty", ["bench", "--prompt", "", "--out", "{out}/b"]),
@@ -322,6 +329,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("bench-flops-model-path", ["bench", "--flops-only", "-m", "../x", "--out", "{out}/b"]),
     ("compare-size-junk", ["compare", "-p", "a red circle", "--size", "junk", "--out", "{out}/c"]),
     ("compare-keep-0", ["compare", "-p", "a red circle", "--keep", "0", "--out", "{out}/c"]),
+    ("compare-cfg-drop-past", ["compare", "-p", "a red circle", "--cfg-drop-from", "99", "--out", "{out}/c"]),
+    ("compare-skip-last-all", ["compare", "-p", "a red circle", "--methods", "stepvar:skip_last=7", "--out", "{out}/c"]),
     ("compare-no-prompt", ["compare", "--out", "{out}/c"]),
     ("compare-prompts-100kb-line", ["compare", "--prompts", "{fx}/long.txt", "--out", "{out}/c"]),
     ("compare-cfg-count", ["compare", "-p", "a red circle", "--cfg", "1,2", "--out", "{out}/c"]),
@@ -382,8 +391,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_223_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """223 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_232_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """232 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -401,7 +410,7 @@ def test_bad_input_table_223_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 223 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 232 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------
