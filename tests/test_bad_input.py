@@ -337,6 +337,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("eval-method-unknown", ["eval", "--method", "bogus"]),
     ("eval-keep-2", ["eval", "--method", "stepvar", "--keep", "2"]),
     ("eval-tau-0", ["eval", "--tau", "0"]),
+    ("eval-skip-last-all", ["eval", "--skip-last", "7", "--out", "{out}/e"]),
     ("eval-cfg-count", ["eval", "--cfg", "1,2"]),
     ("vae-init-text-file", ["train", "vae", "--out", "{out}/r", "--init-from", "{fx}/grammar.txt"]),
     ("vae-decoder-only-alone", ["train", "vae", "--out", "{out}/r", "--decoder-only"]),
@@ -391,8 +392,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_232_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """232 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_233_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """233 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -410,7 +411,7 @@ def test_bad_input_table_232_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 232 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 233 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------
