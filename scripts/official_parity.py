@@ -16,14 +16,14 @@ the tensors it is handed, returned in their dtype, so the official code's own bf
     whether every kept-index list (per scale, pruned layer, branch, CFG row; in score order) is identical.
 
     numerics: the logits of every scale from the official model and from stepvar with numerics
-    "exact" and "official", bits forced as above (dense against Infinity; fastvar-skip against FastVAR's
+    "exact" and "official", bits forced as above (dense against Infinity; fastvar-release-skip against FastVAR's
     copy of Infinity, which always prunes).
 
 Usage (prints a Markdown table; --json for the raw figures):
 
     python scripts/official_parity.py fastvar --release /work/scratch/fastvar/Infinity --budgets 0.25M,0.60M,1M
     python scripts/official_parity.py numerics --release /work/scratch/infinity --budget 0.25M
-    python scripts/official_parity.py numerics --release /work/scratch/fastvar/Infinity --budget 0.25M --method fastvar-skip
+    python scripts/official_parity.py numerics --release /work/scratch/fastvar/Infinity --budget 0.25M --method fastvar-release-skip
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def record_official_fastvar(official, vae, text, bits, sched_tuples):
     return log
 
 
-def record_stepvar_fastvar(ours, text, bits, schedule, method="fastvar-skip"):
+def record_stepvar_fastvar(ours, text, bits, schedule, method="fastvar-release-skip"):
     import stepvar.pruning.fastvar as fv_module
 
     log = {"kept": []}
@@ -338,7 +338,7 @@ def main() -> None:
     ap.add_argument("--numerics", default="official", choices=("exact", "official"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", default="dense", help="numerics: the stepvar method matching the official code "
-                    "(dense for Infinity, fastvar-skip for FastVAR's copy of it)")
+                    "(dense for Infinity, fastvar-release-skip for FastVAR's copy of it)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not (args.release / "infinity" / "models" / "infinity.py").is_file():

@@ -22,8 +22,8 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "regression_image
 PROMPTS = ["a red circle above a blue square", "three green squares", "a yellow triangle"]
 SEEDS = [0, 1]
 # method preset name -> keep (None: the preset's own keep ratios)
-METHODS = {"dense": None, "stepvar": 0.4, "fastvar": None, "fastvar-skip": None, "fastvar-pos": None,
-           "fastvar-pos-skip": None, "random": 0.4}
+METHODS = {"dense": None, "stepvar": 0.4, "fastvar": None, "fastvar-skip": None, "fastvar-release-skip": None,
+           "fastvar-pos": None, "fastvar-pos-skip": None, "random": 0.4}
 
 
 def image_key(method: str, seed: int, prompt: str) -> str:

@@ -74,6 +74,9 @@ def _resolve_steps(spec, first_scale, patch_nums) -> list[int]:
 
 def hart_plan(pruner: Pruner, patch_nums, depth: int) -> HartPlan | None:
     """The pruned steps, keep ratios and layers of a method on HART; None for dense."""
+    if pruner.accelerations.active:
+        raise ConfigError(f"{pruner.name}: cfg_drop_from and skip_last have no HART configuration "
+                          "(its guidance ramps over the scales and its last scale feeds the diffusion head)")
     if isinstance(pruner, Dense):
         return None
     c = pruner.config

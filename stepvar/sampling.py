@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .errors import ConfigError
 from .models.blocks import KVCache, TextContext
 from .models.infinity import Conditioning, Infinity
+from .pruning.accelerations import guided_cfgs
 from .pruning.base import Dense, Pruner, ScaleRun, TokenCounter
 from .schedules import ScaleSchedule
 
@@ -191,9 +192,10 @@ def sample(
     if n > model.cfg.num_levels:
         raise ConfigError(f"schedule has {n} scales but the model has only {model.cfg.num_levels} level embeddings")
     sampling.validate(n)
-    cfgs, taus = sampling.per_scale("cfg", n), sampling.per_scale("tau", n)
     pruner.validate(schedule, len(model.blocks))
     pruner.begin(schedule, len(model.blocks))
+    # A plan that drops the unconditional row from some scale on samples those scales unguided.
+    cfgs, taus = guided_cfgs(sampling.per_scale("cfg", n), pruner.active_plan), sampling.per_scale("tau", n)
     device = text_BTCt.device
     official = getattr(model, "numerics", "exact") == "official"
 

@@ -134,8 +134,15 @@ class VideoScheduleView:
         return [s.index for s in self.scales if s.clip > 0 and 2 * s.h >= H and 2 * s.w >= W and s.n > 1]
 
 
+def _refuse_accelerations(pruner: Pruner) -> None:
+    # The video sampler has no guidance drop, and which scales "the last N" are across clips is not settled.
+    if pruner.accelerations.active:
+        raise ConfigError(f"{pruner.name}: cfg_drop_from and skip_last work on image models only, not on video models")
+
+
 def for_video(pruner: Pruner) -> Pruner:
     """The method as it runs on video: FastVAR's released (image-width) rule becomes its position rule."""
+    _refuse_accelerations(pruner)
     if isinstance(pruner, FastVAR) and pruner.config.rule == "release":
         return FastVAR(dataclasses.replace(pruner.config, rule="position"), name=pruner.name)
     return pruner
@@ -146,6 +153,7 @@ def video_plan(pruner: Pruner, schedule: StarSchedule, depth: int) -> PruningPla
 
     Sets `pruner.active_plan` (it is the method's begin()), so call it once per generation.
     """
+    _refuse_accelerations(pruner)
     if isinstance(pruner, StepVAR) and pruner.restoration.fills_kv:
         raise ConfigError(f"{pruner.name}: kv restored is not available on video models; use kv kept")
     pruner.begin(VideoScheduleView(schedule), depth)

@@ -12,8 +12,9 @@ from rich.table import Table
 
 
 from .console import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, err, fail, out, run_guarded
-from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, JsonOpt, KeepListOpt, MethodsOpt, ModelOpt, ResListOpt,
-                      ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, sampling_options)
+from .options import (AspectOpt, CfgDropOpt, CfgOpt, DeviceOpt, DtypeOpt, JsonOpt, KeepListOpt, MethodsOpt, ModelOpt,
+                      ResListOpt, ResOpt, SeedOpt, SizeOpt, SkipLastOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt,
+                      accelerated_methods, sampling_options)
 from .safe_print import note, plain
 
 
@@ -72,6 +73,7 @@ def bench(
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames (16 per second + 1). [default: 81, 5 s]")] = None,
+    cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
     from stepvar.eval.bench import run_bench, save_bench_report
@@ -80,7 +82,7 @@ def bench(
 
     def body():
         keeps = _keeps(keep)
-        methods_list = _split(methods)
+        methods_list = accelerated_methods(_split(methods), cfg_drop_from, skip_last)
         from stepvar.hart_pipeline import is_hart_model
         from stepvar.models.infinitystar import is_star_preset
 
@@ -181,6 +183,7 @@ def compare(
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames (16 per second + 1). [default: 81, 5 s]")] = None,
+    cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
 ) -> None:
     """Run every method with the same seed; images, a labelled grid and fidelity to dense (PSNR, SSIM, tokens, latent).
     With a video model: per-frame PSNR / SSIM, temporal consistency, KV-cache bytes, FLOPs and a side-by-side MP4."""
@@ -194,7 +197,7 @@ def compare(
 
         prompts = _read_prompts(prompt, prompts_file)
         keeps = _keeps(keep)
-        methods_list = _split(methods)
+        methods_list = accelerated_methods(_split(methods), cfg_drop_from, skip_last)
         if is_star_preset(model):
             return _compare_video(model, prompts, methods_list, keeps, resolution, frames, seed, cfg, tau, device,
                                   as_json, out_dir)

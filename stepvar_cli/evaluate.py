@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .console import err, out, run_guarded
-from .options import ResOpt, TrainDeviceOpt, make_method, sampling_options
+from .options import CfgDropOpt, ResOpt, SkipLastOpt, TrainDeviceOpt, make_method, sampling_options
 from .safe_print import note
 
 
@@ -28,6 +28,7 @@ def eval_cmd(
     resolution: ResOpt = None,
     device: TrainDeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
 ) -> None:
     """Score images GenEval-style on the toy world: object, count, colour, position."""
     from stepvar.errors import StepvarError
@@ -45,13 +46,14 @@ def eval_cmd(
             if samples < 1:
                 raise StepvarError(f"--samples must be >= 1, got {samples}")
             prompt_list = load_prompts(prompts)
-            pruner = make_method(method, keep, None, None)
+            pruner = make_method(method, keep, None, None, None, cfg_drop_from, skip_last)
             pipe = load_pipeline(model, weights, device=device)
             status = pipe.status
             if not pipe.trained:
                 err.print(note(f"{pipe.preset.name} is {pipe.status}; its score says nothing about trained quality"))
             schedule = pipe.schedule(resolution=resolution)
             pipe.check_schedule(schedule)  # before any directory is made
+            pruner.validate(schedule, len(pipe.model.blocks))
             if out_dir is not None:
                 make_output_dir(out_dir)
             sampling = sampling_options(model, cfg, tau, None, seed)

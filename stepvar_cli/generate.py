@@ -13,8 +13,8 @@ from stepvar.errors import StepvarError
 from .console import err, out, run_guarded
 from .safe_print import note, plain
 from .validators import MethodFileOpt, ModelFileOpt, preset_from_options
-from .options import (AspectOpt, CfgOpt, DeviceOpt, DtypeOpt, FirstScaleOpt, JsonOpt, KeepOpt, KeepTableOpt, MethodOpt,
-                      ModelOpt, NumericsOpt, ResOpt, SeedOpt, SizeOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, make_method,
+from .options import (AspectOpt, CfgDropOpt, CfgOpt, DeviceOpt, DtypeOpt, FirstScaleOpt, JsonOpt, KeepOpt, KeepTableOpt, MethodOpt,
+                      ModelOpt, NumericsOpt, ResOpt, SeedOpt, SizeOpt, SkipLastOpt, TauOpt, TextEncOpt, TopPOpt, VaeOpt, WeightsOpt, make_method,
                       sampling_options)
 
 
@@ -32,6 +32,7 @@ def generate(
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", numerics: NumericsOpt = "exact", as_json: JsonOpt = False,
     model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
     frames: FramesOpt = None, duration: DurationOpt = None,
+    cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
 ) -> None:
     """Generate one image, or a video with an InfinityStar model."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,8 +41,8 @@ def generate(
 
     if is_star_preset(model):
         return _generate_video(prompt, out_path or Path("stepvar.mp4"), model, weights, vae, text_encoder, resolution,
-                               seed, cfg, tau, (method, keep, keep_per_scale, first_scale, method_file), device, as_json,
-                               frames, duration)
+                               seed, cfg, tau, (method, keep, keep_per_scale, first_scale, method_file, cfg_drop_from,
+                                                skip_last), device, as_json, frames, duration)
     out_path = out_path or Path("stepvar.png")
 
     from stepvar.errors import ConfigError
@@ -55,7 +56,8 @@ def generate(
 
         if is_hart_model(model):
             return _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resolution, aspect, size, seed, cfg,
-                                  tau, top_p, make_method(method, keep, keep_per_scale, first_scale), device, as_json)
+                                  tau, top_p, make_method(method, keep, keep_per_scale, first_scale, None, cfg_drop_from,
+                                                          skip_last), device, as_json)
         # Everything is checked before any weights load or any compute runs.
         if frames is not None or duration is not None:
             raise StepvarError(f"--frames / --duration are for video models (infinitystar-*); "
@@ -66,7 +68,7 @@ def generate(
             raise ConfigError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
         chosen = preset_from_options(model, model_file)
         sampling = sampling_options(chosen, cfg, tau, top_p, seed)
-        pruner = make_method(method, keep, keep_per_scale, first_scale, method_file)
+        pruner = make_method(method, keep, keep_per_scale, first_scale, method_file, cfg_drop_from, skip_last)
         pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype, numerics=numerics)
         pipe.check_prompts([prompt])
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)

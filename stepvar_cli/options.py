@@ -27,6 +27,11 @@ MethodOpt = Annotated[Optional[str], typer.Option(help="Pruning method (see `ste
 KeepOpt = Annotated[Optional[float], typer.Option(help="Keep ratio of the pruned scales, in (0, 1]; default: the method preset's.")]
 KeepTableOpt = Annotated[Optional[str], typer.Option("--keep-per-scale", help="Per-scale keep ratios, e.g. 9:0.6,10:0.5.")]
 FirstScaleOpt = Annotated[Optional[int], typer.Option("--first-scale", help="Prune this scale index and all later ones.")]
+CfgDropOpt = Annotated[Optional[int], typer.Option(
+    "--cfg-drop-from", help="Run the unconditional guidance row only before this scale index (negative counts from "
+                            "the end); from it on only the conditional row runs. Any method.")]
+SkipLastOpt = Annotated[Optional[int], typer.Option(
+    "--skip-last", help="Do not run the last N scales: the codes accumulated before them are decoded. Any method.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record on stdout (for scripts).")]
 
 ResListOpt = Annotated[Optional[str], typer.Option(
@@ -54,7 +59,7 @@ DecayOpt = Annotated[Optional[int], typer.Option("--decay-steps", help="Cosine h
 
 
 def make_method(method: str | None, keep: float | None, keep_per_scale: str | None, first_scale: int | None,
-                method_file: Path | None = None):
+                method_file: Path | None = None, cfg_drop_from: int | None = None, skip_last: int | None = None):
     """The pruner the method options describe (the library maps them; this only parses the table).
     A --method-file preset replaces --method."""
     from stepvar.options import parse_keep_table
@@ -63,7 +68,16 @@ def make_method(method: str | None, keep: float | None, keep_per_scale: str | No
     preset = None
     if method_file is not None:
         method, preset = method_preset_file(method_file)
-    return pruner_from_settings(method, keep, parse_keep_table(keep_per_scale), first_scale, preset)
+    return pruner_from_settings(method, keep, parse_keep_table(keep_per_scale), first_scale, preset, cfg_drop_from,
+                                skip_last)
+
+
+def accelerated_methods(methods: list[str], cfg_drop_from: int | None, skip_last: int | None) -> list[str]:
+    """--cfg-drop-from / --skip-last of bench and compare: written into every listed method as a variant
+    (dense too, as `dense:skip_last=1`); the plain dense reference still runs for the speedups."""
+    from stepvar.pruning.registry import with_accelerations
+
+    return [with_accelerations(m, cfg_drop_from, skip_last) for m in methods]
 
 
 def sampling_options(model: str | None, cfg: str | None, tau: str | None, top_p: float | None, seed: int | None):

@@ -132,6 +132,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("gen-keep-table-junk", ["generate", "-p", "a red circle", "--method", "stepvar", "--keep-per-scale", "5=0.4"]),
     ("gen-first-scale-neg", ["generate", "-p", "a red circle", "--method", "stepvar", "--first-scale", "-1"]),
     ("gen-first-scale-big", ["generate", "-p", "a red circle", "--method", "stepvar", "--first-scale", "99"]),
+    ("gen-skip-last-all", ["generate", "-p", "a red circle", "--skip-last", "7"]),
+    ("gen-skip-last-neg", ["generate", "-p", "a red circle", "--method", "stepvar", "--skip-last", "-1"]),
+    ("gen-cfg-drop-past", ["generate", "-p", "a red circle", "--cfg-drop-from", "7"]),
+    ("gen-cfg-drop-after-skip", ["generate", "-p", "a red circle", "--cfg-drop-from", "6", "--skip-last", "1"]),
     ("gen-resolution-300", ["generate", "-p", "a red circle", "--resolution", "300"]),
     ("gen-aspect-junk", ["generate", "-p", "a red circle", "--aspect", "banana"]),
     ("gen-aspect-zero", ["generate", "-p", "a red circle", "--aspect", "0:1"]),
@@ -315,6 +319,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("bench-variant-no-key", ["bench", "--methods", "stepvar:=1", "--out", "{out}/b"]),
     ("bench-variant-nested-scales", ["bench", "--methods", "stepvar:scales=[1,[2]]", "--out", "{out}/b"]),
     ("bench-variant-keep-mapping", ["bench", "--methods", "stepvar:keep={a: 1}", "--out", "{out}/b"]),
+    ("bench-skip-last-all", ["bench", "--skip-last", "7", "--out", "{out}/b"]),
+    ("bench-variant-cfg-drop-past", ["bench", "--methods", "fastvar-skip:cfg_drop_from=99", "--out", "{out}/b"]),
+    ("bench-flops-skip-last-all", ["bench", "--flops-only", "-m", "infinity-2b", "-r", "1024", "--skip-last", "13"]),
     ("bench-resolution-empty", ["bench", "--resolution", "", "--out", "{out}/b"]),
     ("bench-aspect-junk", ["bench", "--aspect", "junk", "--out", "{out}/b"]),
     ("bench-prompt-empty", ["bench", "--prompt", "", "--out", "{out}/b"]),
@@ -323,12 +330,15 @@ CASES: list[tuple[str, list[str]]] = [
     ("bench-flops-model-path", ["bench", "--flops-only", "-m", "../x", "--out", "{out}/b"]),
     ("compare-size-junk", ["compare", "-p", "a red circle", "--size", "junk", "--out", "{out}/c"]),
     ("compare-keep-0", ["compare", "-p", "a red circle", "--keep", "0", "--out", "{out}/c"]),
+    ("compare-cfg-drop-past", ["compare", "-p", "a red circle", "--cfg-drop-from", "99", "--out", "{out}/c"]),
+    ("compare-skip-last-all", ["compare", "-p", "a red circle", "--methods", "stepvar:skip_last=7", "--out", "{out}/c"]),
     ("compare-no-prompt", ["compare", "--out", "{out}/c"]),
     ("compare-prompts-100kb-line", ["compare", "--prompts", "{fx}/long.txt", "--out", "{out}/c"]),
     ("compare-cfg-count", ["compare", "-p", "a red circle", "--cfg", "1,2", "--out", "{out}/c"]),
     ("eval-method-unknown", ["eval", "--method", "bogus"]),
     ("eval-keep-2", ["eval", "--method", "stepvar", "--keep", "2"]),
     ("eval-tau-0", ["eval", "--tau", "0"]),
+    ("eval-skip-last-all", ["eval", "--skip-last", "7", "--out", "{out}/e"]),
     ("eval-cfg-count", ["eval", "--cfg", "1,2"]),
     ("vae-init-text-file", ["train", "vae", "--out", "{out}/r", "--init-from", "{fx}/grammar.txt"]),
     ("vae-decoder-only-alone", ["train", "vae", "--out", "{out}/r", "--decoder-only"]),
@@ -353,6 +363,10 @@ CASES: list[tuple[str, list[str]]] = [
                               "--out", "{out}/c.mp4"]),
     ("video-restore-idw", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "17", "--method-file",
                            "{fx}/idw.yaml", "--out", "{out}/c.mp4"]),
+    ("video-skip-last", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "17", "--skip-last", "1",
+                         "--out", "{out}/c.mp4"]),
+    ("video-cfg-drop-variant", ["generate", "-p", "a red car", "-m", "infinitystar-tiny", "--frames", "17", "--method",
+                                "stepvar:cfg_drop_from=-2", "--out", "{out}/c.mp4"]),
 ]
 
 runner = CliRunner()
@@ -393,8 +407,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_229_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """229 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_241_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """241 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -412,7 +426,7 @@ def test_bad_input_table_229_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 229 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 241 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------

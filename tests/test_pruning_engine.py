@@ -61,10 +61,12 @@ def test_fastvar_release_counts_at_1024():
 
     assert keep_count(1024, 0.6, rounding="fastvar") == 615
     assert keep_count(1600, 0.5, rounding="fastvar") == 800
-    skip = make_pruner("fastvar-skip")
-    skip.begin(sched, 32)
-    assert skip.skips(11) and skip.skips(12) and not skip.skips(10)
-    assert isinstance(skip, FastVAR)
+    for name in ("fastvar-skip", "fastvar-release-skip"):  # at 1024 1:1 skipping by width = skipping the last two
+        skip = make_pruner(name)
+        skip.begin(sched, 32)
+        assert skip.skips(11) and skip.skips(12) and not skip.skips(10)
+        assert skip.active_plan.keep == fv.active_plan.keep and skip.cache_si == 8
+        assert isinstance(skip, FastVAR)
 
 
 @pytest.mark.parametrize("budget, pruned, skipped, cache", [
@@ -75,7 +77,7 @@ def test_fastvar_release_counts_at_1024():
 ])
 def test_fastvar_follows_the_release_width_rule_at_every_budget(budget, pruned, skipped, cache):
     sched = get_schedule(budget, 1.0)
-    for name, skips in (("fastvar", []), ("fastvar-skip", skipped)):
+    for name, skips in (("fastvar", []), ("fastvar-release-skip", skipped)):
         fv = make_pruner(name)
         fv.begin(sched, 32)
         assert fv.active_plan.keep == pruned and sorted(fv.active_plan.skipped) == skips and fv.cache_si == cache, name
@@ -106,9 +108,9 @@ def test_fastvar_on_a_schedule_the_release_does_not_prune(tiny_pipe):
     assert pos.active_plan.layers == (1, 5)
 
 
-def test_fastvar_skip_leaves_the_48_wide_scale_empty(tiny_pipe):
+def test_fastvar_release_skip_leaves_the_48_wide_scale_empty(tiny_pipe):
     sched = tiny_pipe.schedule("0.60M")
-    r = tiny_pipe.generate("x", sched, make_pruner("fastvar-skip"), SamplingConfig(seed=1), decode=False)
+    r = tiny_pipe.generate("x", sched, make_pruner("fastvar-release-skip"), SamplingConfig(seed=1), decode=False)
     assert r.sample.bits[-1] is None and r.sample.bits[-2] is not None
     assert r.sample.counter.per_scale(11) == [] and r.sample.counter.per_scale(10) == [1600, 1600, 1600, 800]
 
@@ -234,7 +236,7 @@ def test_every_aspect_template_prunes_to_budget(tiny_pipe, template):
 
 def test_fastvar_release_rule_on_aspect_templates_is_completed_and_said():
     """Where the release cannot run, the plan is defined and the output says what ran instead."""
-    skip = make_pruner("fastvar-skip")
+    skip = make_pruner("fastvar-release-skip")
     skip.begin(get_schedule("1M", 0.75), 32)  # the 36x48 scale 10 is 48 wide, and not the last
     assert skip.active_plan.keep == {} and sorted(skip.active_plan.skipped) == [10] and skip.cache_si is None
     assert "skipped before the end" in skip.config_dict()["resolved"]["notes"][0]

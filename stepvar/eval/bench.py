@@ -33,6 +33,7 @@ import torch
 from ..errors import ConfigError
 from .flops import decode_flops, plan_flops, planned_counts, result_flops, rows_per_scale
 from ..io import save_json, save_text
+from ..pruning.accelerations import guided_cfgs
 from ..run_lock import output_lock
 from .measure import MemoryPeak, busy_machine_note, cpu_busy_fraction, environment
 from .runs import BenchConfig, expand_configs, one_line_error, prepare_out_dir, run_once, scalar_keep
@@ -78,6 +79,8 @@ ROW_FIELDS: dict[str, tuple[str, str]] = {
     "token_fraction": ("number|null", "SA tokens processed over all scales and layers / the dense count"),
     "pruned_scales": ("array", "scale indices the method prunes"),
     "skipped_scales": ("array", "scale indices the method skips entirely"),
+    "cfg_drop_from": ("integer|null", "first scale run without the unconditional guidance row (null: never dropped)"),
+    "skip_last": ("integer", "last scales not run (the skip_last acceleration; 0: none)"),
     "speedup_vs_dense": ("number|null", "dense latency_s / this latency_s (same resolution, same process)"),
     "transformer_speedup_vs_dense": ("number|null", "dense transformer_s / this transformer_s"),
     "flop_speedup_bound": ("number|null", "dense flops / this flops: the end-to-end speedup FLOPs allow"),
@@ -154,9 +157,11 @@ def _flop_fields(flops, dec: int, batch: int) -> dict:
 
 def _static_fields(config: BenchConfig, pruner, res: int, aspect: str, schedule: ScaleSchedule, batch: int) -> dict:
     hpx, wpx = schedule.pixel_size
+    plan = pruner.resolved_plan(schedule, 10**6)
     return {"method": config.spec, "label": config.label, "keep": scalar_keep(pruner), "resolution": res,
-            "aspect": aspect, "size_wh": [wpx, hpx], "batch": batch, "pruned_scales": pruner.pruned_scales(schedule),
-            "skipped_scales": [], "pruning": pruner.config_dict()}
+            "aspect": aspect, "size_wh": [wpx, hpx], "batch": batch, "pruned_scales": plan.pruned_scales,
+            "skipped_scales": [], "cfg_drop_from": plan.cfg_drop_from, "skip_last": plan.skip_last,
+            "pruning": pruner.config_dict()}
 
 
 def _empty_row(static: dict, status: str, measured: bool = True) -> dict:
@@ -172,7 +177,8 @@ def _measured_row(runs: _Runs, static: dict, ctx: dict, status: str = "ok") -> d
     b = ctx["batch"]
     row = _empty_row(static, status)
     sample = runs.last.sample
-    flops = result_flops(ctx["arch"], sample, ctx["schedule"], ctx["cfg_scales"], b, ctx["text_len"])
+    flops = result_flops(ctx["arch"], sample, ctx["schedule"], guided_cfgs(ctx["cfg_scales"], runs.pruner.active_plan), b,
+                         ctx["text_len"])
     skipped = {t.si for t in sample.timings if t.skipped}
     tokens, fraction = _token_summary(sample.counter.counts, ctx["schedule"], ctx["arch"].depth, skipped)
     per_image = [t / b for t in runs.totals]
@@ -375,7 +381,8 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
         dec = decode_flops(vae_cfg, codec.vae_grid(sched.last.h, sched.last.w), batch)
         for c in configs:
             pruner = c.pruner()
-            flops = plan_flops(arch, sched, pruner, rows_per_scale(cfg_scales, batch), text_len, batch)
+            guided = guided_cfgs(cfg_scales, pruner.resolved_plan(sched, arch.depth))
+            flops = plan_flops(arch, sched, pruner, rows_per_scale(guided, batch), text_len, batch)
             counts, skip = planned_counts(pruner, sched, arch.depth)
             tokens, fraction = _token_summary(counts, sched, arch.depth, skip)
             row = _empty_row(_static_fields(c, pruner, res, aspect, sched, batch), "ok", measured=False)

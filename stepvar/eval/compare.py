@@ -59,12 +59,14 @@ def image_name(prompt_index: int, config: BenchConfig) -> str:
 
 
 def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: str | None) -> dict:
+    plan = pruner.resolved_plan(schedule, 10**6)
     return {"prompt_index": idx, "prompt": prompt, "method": config.spec, "label": config.label,
             "keep": scalar_keep(pruner), "image": image, "status": "ok", "time_s": None, "transformer_s": None,
             "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
             "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None, "score": None,
-            "score_categories": None, "pruned_scales": pruner.pruned_scales(schedule), "skipped_scales": []}
+            "score_categories": None, "pruned_scales": plan.pruned_scales, "skipped_scales": [],
+            "cfg_drop_from": plan.cfg_drop_from, "skip_last": plan.skip_last}
 
 
 def _fill(row: dict, result, mem, ref, ref_row: dict | None, fidelity: dict) -> None:

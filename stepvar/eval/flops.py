@@ -113,7 +113,7 @@ def result_flops(cfg: InfinityConfig, sample, schedule: ScaleSchedule, cfg_scale
 # ---- the same count without running the model ------------------------------------------------
 def planned_counts(pruner, schedule: ScaleSchedule, depth: int) -> tuple[dict[tuple[int, int, str], int], set[int]]:
     """Per-row token counts a method will produce, and the scales it skips, from its plan alone."""
-    plan = pruner.plan(schedule, depth)
+    plan = pruner.resolved_plan(schedule, depth)
     return plan.counts(), set(plan.skipped)
 
 

@@ -46,10 +46,13 @@ def expand_configs(methods: Sequence[str], keeps: Sequence[float] | None) -> lis
     for spec in methods:
         spec = spec.strip()
         base, at, pinned = spec.rpartition("@")
-        name = parse_method_spec(base if at else spec)[0]
+        name, settings = parse_method_spec(base if at else spec)
         if name == "dense":
             if at:
                 raise ConfigError(f"method {spec!r}: dense takes no keep ratio")
+            if not settings:
+                continue  # the reference, already first
+            out += [BenchConfig(spec)] if BenchConfig(spec) not in out else []
             continue
         if at:
             try:

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..models.blocks import KVCache
 from ..models.infinity import Conditioning, Infinity
 from ..schedules import Scale, ScaleSchedule
+from .accelerations import Accelerations, apply as apply_accelerations
 from .plan import BRANCHES, PruningPlan, check_keep  # noqa: F401  (check_keep: re-exported for callers)
 
 
@@ -156,16 +157,19 @@ class Pruner(ABC):
 
     `config` holds the method's settings (an instance of config_class); `name` is what
     outputs and reports call it (the preset name, or the variant as written, e.g.
-    "stepvar:norm=rank").
+    "stepvar:norm=rank"). `accelerations` (a late guidance drop, a skip of the last scales)
+    compose with any method: `resolved_plan` writes them into the method's own plan, and
+    everything that runs or accounts for a generation reads that.
     """
 
     name: str = "base"
     config_class: type = NoSettings
 
-    def __init__(self, config=None, name: str | None = None):
+    def __init__(self, config=None, name: str | None = None, accelerations: Accelerations | None = None):
         self.config = config if config is not None else self.config_class()
         if name:
             self.name = name
+        self.accelerations = accelerations or Accelerations()
         self.active_plan: PruningPlan | None = None
 
     @abstractmethod
@@ -177,13 +181,17 @@ class Pruner(ABC):
     def run_scale(self, run: ScaleRun) -> torch.Tensor:
         """Run the block stack on scale si and return dense hidden states (B, L, C)."""
 
+    def resolved_plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
+        """The method's plan with the accelerations applied: what a generation runs and is accounted by."""
+        return apply_accelerations(self.plan(schedule, depth), self.accelerations, schedule, self.name)
+
     def validate(self, schedule: ScaleSchedule, depth: int) -> None:
         """Raise ConfigError if this configuration cannot run on the schedule/model."""
-        self.plan(schedule, depth)
+        self.resolved_plan(schedule, depth)
 
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
         """Called once before a generation; a method with per-generation state extends it."""
-        self.active_plan = self.plan(schedule, depth)
+        self.active_plan = self.resolved_plan(schedule, depth)
 
     def skips(self, si: int) -> bool:
         """True if scale si runs no blocks at all (FastVAR's released last-scale skip)."""
@@ -191,14 +199,15 @@ class Pruner(ABC):
 
     def config_dict(self) -> dict:
         body = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
-        out = {"method": self.name, **body}
-        if self.active_plan is not None and (self.active_plan.keep or self.active_plan.skipped):
+        out = {"method": self.name, **body, **self.accelerations.to_dict()}
+        plan = self.active_plan
+        if plan is not None and (plan.keep or plan.skipped or plan.cfg_drop_from is not None):
             out["resolved"] = self.active_plan.to_dict()
         return out
 
     def pruned_scales(self, schedule: ScaleSchedule) -> list[int]:
         """Scales this method prunes on the schedule (the layer split does not change them)."""
-        return self.plan(schedule, 10**6).pruned_scales
+        return self.resolved_plan(schedule, 10**6).pruned_scales
 
 
 class Dense(Pruner):

@@ -38,6 +38,9 @@ class PruningPlan:
     kv_filled: pruned scale -> positions per row that, in every pruned layer, only add their keys and
                values to the self-attention cache (StepVAR's kv: restored); counted as branch "kv"
     extra:     method-specific resolved settings worth recording (e.g. FastVAR's cache scale)
+    cfg_drop_from: the first scale run without the unconditional guidance row (None: guidance rows run
+               wherever guidance is on); skip_last: how many of `skipped` are the last scales, skipped
+               by the skip_last acceleration (stepvar.pruning.accelerations)
     """
 
     scale_tokens: tuple[int, ...]  # dense tokens of every scale of the schedule
@@ -48,6 +51,8 @@ class PruningPlan:
     skipped: frozenset[int] = frozenset()
     extra: dict = field(default_factory=dict)
     kv_filled: dict[int, int] = field(default_factory=dict)
+    cfg_drop_from: int | None = None
+    skip_last: int = 0
 
     @classmethod
     def dense(cls, schedule: ScaleSchedule, depth: int) -> "PruningPlan":
@@ -84,6 +89,10 @@ class PruningPlan:
     def to_dict(self) -> dict:
         out = {"keep": self.keep, "kept_tokens": self.kept, "skip": sorted(self.skipped),
                "pruned_layers": [self.layers[0], self.layers[1] - 1]}
+        if self.cfg_drop_from is not None:
+            out["cfg_drop_from"] = self.cfg_drop_from
+        if self.skip_last:
+            out["skip_last"] = self.skip_last
         return {**out, **self.extra}
 
 

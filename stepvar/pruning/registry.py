@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..preset_registry import load_preset, preset_names, read_yaml
 from ..user_files import parse_yaml
 from ..validate import check_name, shown
+from .accelerations import ACCELERATION_FIELDS, Accelerations, pop_accelerations
 from .base import Dense, Pruner
 from .fastvar import FastVAR
 from .stepvar import StepVAR
@@ -76,21 +77,25 @@ def method_preset_file(path: str | Path) -> tuple[str, dict]:
 
 def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict | None = None, **overrides) -> Pruner:
     """Build a method by preset or registered name (or from `preset`, the settings of a preset file).
-    keep=None keeps the preset's own keep ratios."""
+    keep=None keeps the preset's own keep ratios. cfg_drop_from and skip_last, in the preset or the
+    overrides, are the accelerations any method takes (stepvar.pruning.accelerations)."""
     data = dict(method_preset(name) if preset is None else preset)
     engine = data.pop("method", name)
     data.pop("description", None)
     if not isinstance(engine, str) or engine not in METHODS:
         raise ConfigError(f"method preset '{shown(name, 80)}' names an unknown method '{shown(engine, 80)}'; "
                           f"registered: {', '.join(sorted(METHODS))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update({k: given.pop(k) for k in list(given) if k in ACCELERATION_FIELDS})
+    accelerations = pop_accelerations(data, shown(name, 80))
     cls = METHODS[engine]
     config_class = cls.config_class
     fields = {f.name for f in dataclasses.fields(config_class)}
     if not fields:
-        return cls(name=name)  # a method without settings (dense) runs the same whatever keep or scales say
+        # A method without settings (dense) runs the same whatever keep or scales say.
+        return _with(cls(name=name), accelerations)
     if keep is not None:
         data["keep"] = keep
-    given = {k: v for k, v in overrides.items() if v is not None}
     # The preset's choice of scales is one setting in two spellings: naming either replaces it.
     if "first_scale" in given and "scales" not in given:
         data.pop("scales", None)
@@ -99,15 +104,21 @@ def make_pruner(name: str, keep: float | list | dict | None = None, preset: dict
     data.update(given)
     unknown = sorted(set(data) - fields)
     if unknown:
-        known = ", ".join(sorted(fields)) or "none"
+        known = ", ".join(sorted(fields | set(ACCELERATION_FIELDS)))
         raise ConfigError(f"method '{shown(name, 80)}': unknown setting(s) {shown(', '.join(map(str, unknown)), 200)}; "
                           f"known: {known}")
     try:
         config = config_class(**data)
         _check_settings(config, name)
-        return cls(config, name=name)
+        return _with(cls(config, name=name), accelerations)
     except (TypeError, ValueError) as exc:  # a setting of the wrong type that the config's own checks missed
         raise ConfigError(f"method '{shown(name, 80)}': {shown(exc, 200)}") from None
+
+
+def _with(pruner: Pruner, accelerations: Accelerations) -> Pruner:
+    # Set after construction: a method class of its own need not pass them through its __init__.
+    pruner.accelerations = accelerations
+    return pruner
 
 
 def _check_settings(config, name: str) -> None:
@@ -154,10 +165,13 @@ def _is_number(v) -> bool:
 
 
 def pruner_from_settings(method: str | None, keep: float | None = None, keep_per_scale: dict[int, float] | None = None,
-                         first_scale: int | None = None, preset: dict | None = None) -> Pruner:
+                         first_scale: int | None = None, preset: dict | None = None, cfg_drop_from: int | None = None,
+                         skip_last: int | None = None) -> Pruner:
     """A method with one keep ratio, or a keep ratio per scale index (which then are the pruned
     scales), optionally pruning every scale from first_scale on. method None: see choose_method.
-    `preset`: the settings of a method preset file, which then defines the method named `method`."""
+    `preset`: the settings of a method preset file, which then defines the method named `method`.
+    cfg_drop_from / skip_last: the accelerations, on any method (dense too); the method is then
+    named as the variant that says so, e.g. 'fastvar:skip_last=1'."""
     if keep_per_scale is not None and keep is not None:
         raise ConfigError("give either keep or keep_per_scale, not both")
     method = choose_method(method, keep is not None or keep_per_scale is not None or first_scale is not None, preset)
@@ -166,7 +180,21 @@ def pruner_from_settings(method: str | None, keep: float | None = None, keep_per
         overrides["scales"] = sorted(keep_per_scale)
     if first_scale is not None:
         overrides["first_scale"] = first_scale
-    return make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, preset=preset, **overrides)
+    pruner = make_pruner(method, keep=keep_per_scale if keep_per_scale is not None else keep, preset=preset,
+                         cfg_drop_from=cfg_drop_from, skip_last=skip_last, **overrides)
+    pruner.name = method + Accelerations(cfg_drop_from, skip_last or 0).label()
+    return pruner
+
+
+def with_accelerations(spec: str, cfg_drop_from: int | None, skip_last: int | None) -> str:
+    """A method spec with the given accelerations written into it as variant settings (those it sets itself win)."""
+    name, overrides = parse_method_spec(spec.rpartition("@")[0] if "@" in spec else spec)
+    add = "".join(f":{k}={v}" for k, v in (("cfg_drop_from", cfg_drop_from), ("skip_last", skip_last or None))
+                  if v is not None and k not in overrides)
+    if not add:
+        return spec
+    base, at, keep = spec.rpartition("@")
+    return f"{base}{add}@{keep}" if at else f"{spec}{add}"
 
 
 def choose_method(method: str | None, prunes: bool, preset: dict | None = None) -> str:
