@@ -63,5 +63,6 @@ def eval_cmd(
         for name, value in data.get("categories", {}).items():
             out.print(f"{name:>14}: {value:.3f}")
         out.print(f"{'overall':>14}: [bold]{data['overall']:.3f}[/] over {data['n_images']} images")
+        out.print(f"{'stray objects':>14}: {data['stray_share']:.3f} of the images show an object the prompt did not ask for")
 
     run_guarded(body)

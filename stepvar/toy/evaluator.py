@@ -20,6 +20,16 @@ Categories (a prompt contributes to every category it exercises; see score()):
 Colour is checked only in `colors` and count only in `counting`, so a wrong-colour or
 wrong-count image fails exactly the category it gets wrong (besides `overall`).
 `overall` for an image is True when all of its categories are.
+
+Stray objects (reported beside the categories, not one of them): every object the prompt
+asks for (a group of N counts N times) is paired with a distinct detected object, by the
+pairing with the highest summed match (3 for the same shape and colour, 2 for the same
+colour, 1 for the same shape, 0 otherwise; ties go to the larger objects); the detections
+left over are the strays. Any detection may stand in for a
+requested object, so a wrong shape or colour in a requested object's place is a `colors` /
+shape failure, not a stray: an image has max(0, detected - requested) strays, and the
+pairing only decides which ones they are. Objects below MIN_AREA are never detected, so
+never strays.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 
 from stepvar.errors import StepvarError
 from stepvar.toy.grammar import ObjectGroup, PromptSpec, Relation, describe, parse, random_spec
@@ -215,6 +226,36 @@ def score_detections(dets: list[Detection], spec: PromptSpec) -> dict[str, bool]
     return out
 
 
+def _match_quality(det: Detection, shape: str, color: str) -> float:
+    """How well a detection stands for a requested object: 3 same shape and colour, 2 same colour,
+    1 same shape, 0 neither; doubled, plus the detection's area to break ties."""
+    same_shape, same_color = det.shape == shape, det.color == color
+    tier = 3 if same_shape and same_color else 2 if same_color else 1 if same_shape else 0
+    # Detections are disjoint parts of the image, so the area terms of a whole pairing sum to at
+    # most 1: the tiers decide first, and only ties between pairings go to the larger objects.
+    return 2 * tier + det.area
+
+
+def requested_objects(spec: PromptSpec) -> list[tuple[str, str]]:
+    """(shape, colour) of every object the prompt asks for: a group of N contributes N."""
+    return [(g.shape, g.color) for g in spec.groups for _ in range(g.count)]
+
+
+def stray_detections(dets: list[Detection], spec: PromptSpec) -> list[Detection]:
+    """The detections left once every requested object is paired with a distinct one (see module doc).
+
+    The pairing maximises the summed _match_quality (an optimal assignment, exact). Returned in
+    dets' order.
+    """
+    wanted = requested_objects(spec)
+    if len(dets) <= len(wanted):
+        return []
+    gain = np.array([[_match_quality(d, s, c) for d in dets] for s, c in wanted], np.float64)  # (requested, detected)
+    _, used = linear_sum_assignment(gain, maximize=True)
+    used = set(used.tolist())
+    return [d for i, d in enumerate(dets) if i not in used]
+
+
 def score(image, spec: PromptSpec | str) -> dict[str, bool]:
     """Detect the objects in image and check them against the prompt (see module doc)."""
     spec = parse(spec) if isinstance(spec, str) else spec
@@ -227,7 +268,8 @@ class EvalReport:
 
     categories: mean verdict per category (over the prompts exercising it);
     counts: how many images each category mean is over; overall: fraction of images
-    whose every requirement holds; category_mean: the mean of the category means
+    whose every requirement holds; stray_share: fraction of images with an object the prompt
+    did not ask for (per image: stray_objects, their number); category_mean: the mean of the category means
     (GenEval's headline number, which weighs categories equally).
     """
 
@@ -237,6 +279,7 @@ class EvalReport:
     category_mean: float
     n_images: int
     per_image: list[dict] = field(default_factory=list)
+    stray_share: float = 0.0  # fraction of images with at least one stray object (module doc)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,8 +293,10 @@ def evaluate(images, prompts) -> EvalReport:
     per_image, sums = [], {c: [] for c in CATEGORIES}
     for img, p in zip(images, prompts):
         spec = parse(p) if isinstance(p, str) else p
-        s = score(img, spec)
-        per_image.append({"prompt": describe(spec), **s})
+        dets = detect(img)
+        s = score_detections(dets, spec)
+        per_image.append({"prompt": describe(spec), **s, "objects": len(dets),
+                          "stray_objects": len(stray_detections(dets, spec))})
         for c in CATEGORIES:
             if c in s:
                 sums[c].append(s[c])
@@ -263,6 +308,7 @@ def evaluate(images, prompts) -> EvalReport:
         category_mean=float(np.mean(list(cats.values()))) if cats else 0.0,
         n_images=len(per_image),
         per_image=per_image,
+        stray_share=float(np.mean([r["stray_objects"] > 0 for r in per_image])) if per_image else 0.0,
     )
 
 
@@ -311,5 +357,6 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
 
 __all__ = [
     "CATEGORIES", "Detection", "EvalReport", "color_labels", "classify_shape",
-    "detect", "evaluate", "load_prompts", "make_heldout_prompts", "score", "score_detections",
+    "detect", "evaluate", "load_prompts", "make_heldout_prompts", "requested_objects", "score", "score_detections",
+    "stray_detections",
 ]
