@@ -299,6 +299,7 @@ def test_plain_scene_of_every_heldout_prompt_has_no_stray_object(heldout_scenes)
     prompts, scenes = heldout_scenes
     report = ev.evaluate([world.render(s) for s in scenes], prompts)
     assert report.stray_share == 0.0, [r for r in report.per_image if r["stray_objects"]]
+    assert report.stray_blob_share == 0.0, [r for r in report.per_image if r["stray_blobs"]]
     assert all(r["objects"] == len(s.objects) for r, s in zip(report.per_image, scenes))
 
 
@@ -323,6 +324,7 @@ def test_an_added_object_is_a_stray_in_every_heldout_scene(heldout_scenes):
             assert twin or (abs(s.cx - extra.cx) < 0.03 and abs(s.cy - extra.cy) < 0.03)
         report = ev.evaluate([world.render(busier)], [prompt])
         assert report.stray_share == 1.0 and report.per_image[0]["stray_objects"] == 1
+        assert report.per_image[0]["stray_blobs"] == 1
     assert tried >= 80, tried
 
 
@@ -357,3 +359,17 @@ def test_stray_pairing_matches_brute_force(seed):
         expect = _brute_force_strays(dets, ev.requested_objects(spec))
         assert {id(d) for d in strays} == {id(dets[i]) for i in expect}
         assert len(strays) == max(0, n - sum(g.count for g in spec.groups))
+
+
+def test_specks_count_as_stray_blobs_not_objects(heldout_scenes):
+    """A coloured speck far below object size: a stray blob, not a stray object; plain scenes have neither."""
+    prompts, scenes = heldout_scenes
+    rng = np.random.default_rng(7)
+    report = ev.evaluate([degrade(world.render(s), np.random.default_rng(i)) for i, s in enumerate(scenes)], prompts)
+    assert report.stray_blob_share == 0.0, [r for r in report.per_image if r["stray_blobs"]]
+    for prompt, scene in list(zip(prompts, scenes))[::4]:
+        spot = _free_spot(scene, 0.05, rng)
+        speck = world.Obj("square", str(rng.choice(list(world.COLORS))), *spot, 0.045)  # ~0.2 % of the image
+        img = world.render(dataclasses.replace(scene, objects=[*scene.objects, speck]))
+        row = ev.evaluate([img], [prompt]).per_image[0]
+        assert (row["stray_objects"], row["stray_blobs"]) == (0, 1), (prompt, speck)

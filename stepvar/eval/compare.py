@@ -64,7 +64,8 @@ def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: st
             "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
             "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None, "score": None,
-            "score_categories": None, "stray_objects": None, "pruned_scales": pruner.pruned_scales(schedule), "skipped_scales": []}
+            "score_categories": None, "stray_objects": None, "stray_blobs": None,
+            "pruned_scales": pruner.pruned_scales(schedule), "skipped_scales": []}
 
 
 def _fill(row: dict, result, mem, ref, ref_row: dict | None, fidelity: dict) -> None:
@@ -150,13 +151,14 @@ def toy_spec(prompt: str):
 def _score(row: dict, image: np.ndarray, spec) -> None:
     """The evaluator's verdicts for this image (score = 1.0 when every requirement holds) and how
     many objects it shows that the prompt did not ask for."""
-    from ..toy.evaluator import detect, score_detections, stray_detections
+    from ..toy.evaluator import color_labels, detect_in_labels, score_detections, stray_counts
 
-    dets = detect(image)
+    labels = color_labels(image)
+    dets = detect_in_labels(labels)
     verdicts = score_detections(dets, spec)
     row["score"] = float(verdicts.pop("overall"))
     row["score_categories"] = {k: bool(v) for k, v in verdicts.items()}
-    row["stray_objects"] = len(stray_detections(dets, spec))
+    row.update(stray_counts(labels, dets, spec))
 
 
 def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, add_row, images, say) -> None:
@@ -217,6 +219,7 @@ def summarize(rows: list[dict], configs: Sequence[BenchConfig]) -> list[dict]:
         # The share of images with an object the prompt did not ask for, and each category's mean
         # over the prompts that exercise it (the evaluator's categories).
         item["stray"] = _stat([float(r["stray_objects"] > 0) for r in scored])
+        item["stray_blobs"] = _stat([float(r["stray_blobs"] > 0) for r in scored])
         cats = {k for r in scored for k in r["score_categories"]}
         item["score_categories"] = {k: _stat([float(r["score_categories"][k]) for r in scored if k in r["score_categories"]])
                                     for k in sorted(cats)}
@@ -254,8 +257,10 @@ def _tile_label(row: dict) -> list[str]:
     lines = [first, f"{fmt_seconds(row['time_s'])} ({row['speedup_vs_dense']:.2f}x dense)", f"{psnr}, SSIM {row['ssim']:.3f}"]
     if row.get("score") is not None:  # a toy-world prompt: what the evaluator found
         verdict = "right" if row["score"] else "wrong: " + ", ".join(k for k, v in row["score_categories"].items() if not v)
-        strays = row.get("stray_objects") or 0
-        lines.append(f"{verdict}" + (f"; {strays} stray" if strays else ""))
+        lines.append(verdict)
+        objects, blobs = row.get("stray_objects") or 0, row.get("stray_blobs") or 0
+        if blobs:
+            lines.append(f"strays: {objects} object-sized, {blobs} in all")
     return lines
 
 

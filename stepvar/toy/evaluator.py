@@ -28,8 +28,10 @@ colour, 1 for the same shape, 0 otherwise; ties go to the larger objects); the d
 left over are the strays. Any detection may stand in for a
 requested object, so a wrong shape or colour in a requested object's place is a `colors` /
 shape failure, not a stray: an image has max(0, detected - requested) strays, and the
-pairing only decides which ones they are. Objects below MIN_AREA are never detected, so
-never strays.
+pairing only decides which ones they are. Two sizes are counted: `stray_objects` among the
+detections (blobs of at least MIN_AREA, the size scoring uses) and `stray_blobs` with the same
+segmentation down to STRAY_BLOB_MIN_AREA (specks far smaller than any object the world draws,
+still plainly visible).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position")
 MIN_CHROMA = 0.3
 MAX_HUE_DIST = 45.0      # degrees; hues far from every colour (magenta, ...) are ignored
 MIN_AREA = 0.004         # fraction of the image; the smallest real object is ~0.012
+# Strays are also counted down to this size (fraction of the image: 65 px at 256 px, about 8 x 8):
+# pruning leaves coloured specks far smaller than an object, which MIN_AREA would not see.
+STRAY_BLOB_MIN_AREA = 0.001
 SMOOTH = 1 / 256         # sigma of the pre-blur, fraction of the side
 OPEN_RADIUS = 2 / 256    # fraction of the side: removes speckle and thin bridges
 
@@ -154,19 +159,26 @@ def _components(mask: np.ndarray, side: int):
             yield sl, lab[sl] == k
 
 
-def detect(image) -> list[Detection]:
-    """Find the objects in an (H, W, 3) uint8 image, sorted left to right."""
-    labels = color_labels(image)
+def detect(image, min_area: float = MIN_AREA) -> list[Detection]:
+    """Find the objects in an (H, W, 3) uint8 image, sorted left to right.
+
+    min_area (fraction of the image) is the smallest blob kept; below MIN_AREA only for strays.
+    """
+    return detect_in_labels(color_labels(image), min_area)
+
+
+def detect_in_labels(labels: np.ndarray, min_area: float = MIN_AREA) -> list[Detection]:
+    """detect() on colour_labels' output, so several floors can share one labelling."""
     h, w = labels.shape
     side = max(h, w)
     dets = []
     for ci, name in enumerate(_COLOR_NAMES):
         mask = labels == ci
-        if mask.sum() < MIN_AREA * h * w:  # nothing of this colour: skip the morphology
+        if mask.sum() < min_area * h * w:  # nothing of this colour: skip the morphology
             continue
         for sl, comp in _components(mask, side):
             area = int(comp.sum())
-            if area < MIN_AREA * h * w:
+            if area < min_area * h * w:
                 continue
             ys, xs = np.nonzero(comp)
             y0, x0 = sl[0].start, sl[1].start
@@ -256,6 +268,12 @@ def stray_detections(dets: list[Detection], spec: PromptSpec) -> list[Detection]
     return [d for i, d in enumerate(dets) if i not in used]
 
 
+def stray_counts(labels: np.ndarray, dets: list[Detection], spec: PromptSpec) -> dict[str, int]:
+    """{stray_objects, stray_blobs} of an image from its colour labels and its detections (module doc)."""
+    blobs = detect_in_labels(labels, STRAY_BLOB_MIN_AREA)
+    return {"stray_objects": len(stray_detections(dets, spec)), "stray_blobs": len(stray_detections(blobs, spec))}
+
+
 def score(image, spec: PromptSpec | str) -> dict[str, bool]:
     """Detect the objects in image and check them against the prompt (see module doc)."""
     spec = parse(spec) if isinstance(spec, str) else spec
@@ -269,7 +287,8 @@ class EvalReport:
     categories: mean verdict per category (over the prompts exercising it);
     counts: how many images each category mean is over; overall: fraction of images
     whose every requirement holds; stray_share: fraction of images with an object the prompt
-    did not ask for (per image: stray_objects, their number); category_mean: the mean of the category means
+    did not ask for (per image: stray_objects, their number; stray_blob_share and stray_blobs
+    the same down to specks, see the module doc); category_mean: the mean of the category means
     (GenEval's headline number, which weighs categories equally).
     """
 
@@ -280,6 +299,7 @@ class EvalReport:
     n_images: int
     per_image: list[dict] = field(default_factory=list)
     stray_share: float = 0.0  # fraction of images with at least one stray object (module doc)
+    stray_blob_share: float = 0.0  # the same down to STRAY_BLOB_MIN_AREA
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -293,10 +313,10 @@ def evaluate(images, prompts) -> EvalReport:
     per_image, sums = [], {c: [] for c in CATEGORIES}
     for img, p in zip(images, prompts):
         spec = parse(p) if isinstance(p, str) else p
-        dets = detect(img)
+        labels = color_labels(img)
+        dets = detect_in_labels(labels)
         s = score_detections(dets, spec)
-        per_image.append({"prompt": describe(spec), **s, "objects": len(dets),
-                          "stray_objects": len(stray_detections(dets, spec))})
+        per_image.append({"prompt": describe(spec), **s, "objects": len(dets), **stray_counts(labels, dets, spec)})
         for c in CATEGORIES:
             if c in s:
                 sums[c].append(s[c])
@@ -309,6 +329,7 @@ def evaluate(images, prompts) -> EvalReport:
         n_images=len(per_image),
         per_image=per_image,
         stray_share=float(np.mean([r["stray_objects"] > 0 for r in per_image])) if per_image else 0.0,
+        stray_blob_share=float(np.mean([r["stray_blobs"] > 0 for r in per_image])) if per_image else 0.0,
     )
 
 
@@ -356,7 +377,7 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
 
 
 __all__ = [
-    "CATEGORIES", "Detection", "EvalReport", "color_labels", "classify_shape",
-    "detect", "evaluate", "load_prompts", "make_heldout_prompts", "requested_objects", "score", "score_detections",
+    "CATEGORIES", "Detection", "EvalReport", "STRAY_BLOB_MIN_AREA", "color_labels", "classify_shape",
+    "detect", "detect_in_labels", "stray_counts", "evaluate", "load_prompts", "make_heldout_prompts", "requested_objects", "score", "score_detections",
     "stray_detections",
 ]
