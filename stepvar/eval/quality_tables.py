@@ -96,7 +96,8 @@ def paired_table(compare: dict, first: str = RECOMMENDED) -> str | None:
     def diff(d: dict, digits: int) -> str:
         if d["mean_diff"] is None:
             return "-"
-        return f"{d['mean_diff']:+.{digits}f}" + ("" if d["se"] is None else f" ± {d['se']:.{digits}f}")
+        mean = round(d["mean_diff"], digits) + 0.0  # never "-0.000"
+        return f"{mean:+.{digits}f}" + ("" if d["se"] is None else f" ± {d['se']:.{digits}f}")
 
     head = ["A", "B", "PSNR A − B (dB)", "A higher", "SSIM A − B", "score A − B", "images with a stray object: A / B",
             "with a stray blob: A / B"]
