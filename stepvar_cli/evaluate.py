@@ -33,7 +33,7 @@ def eval_cmd(
     """Score images GenEval-style on the toy world: object, count, colour, position."""
     from stepvar.errors import StepvarError
     from stepvar.eval.evaluate import evaluate_image_dir, evaluate_pipeline
-    from stepvar.toy.evaluator import load_prompts
+    from stepvar.toy.evaluator import STRAY_BLOB_MIN_AREA, load_prompts
     from stepvar.user_files import make_output_dir
 
     def body():
@@ -65,5 +65,8 @@ def eval_cmd(
         for name, value in data.get("categories", {}).items():
             out.print(f"{name:>14}: {value:.3f}")
         out.print(f"{'overall':>14}: [bold]{data['overall']:.3f}[/] over {data['n_images']} images")
+        out.print(f"{'stray objects':>14}: {data['stray_share']:.3f} of the images show an object the prompt did not ask for")
+        out.print(f"{'stray blobs':>14}: {data['stray_blob_share']:.3f} counting coloured specks down to "
+                  f"{STRAY_BLOB_MIN_AREA:.1%} of the image")
 
     run_guarded(body)

@@ -278,20 +278,32 @@ def test_compare_prompt_file_mean_and_std(tmp_path):
     assert s["n"] == 2 and s["psnr_db"]["n"] == 2 and s["psnr_db"]["std"] >= 0 and math.isfinite(s["psnr_db"]["mean"])
     assert "mean ± std over 2 prompts" in r.stdout and "± " in (out / "report.md").read_text()
     # toy-world prompts get the evaluator's verdict on the very image that was saved
-    from stepvar.toy.evaluator import score
+    from stepvar.toy.evaluator import STRAY_BLOB_MIN_AREA, detect, parse, score, stray_detections
 
     for x in data["results"]:
         with Image.open(out / x["image"]) as im:
-            verdicts = score(np.asarray(im.convert("RGB")), x["prompt"])
+            image = np.asarray(im.convert("RGB"))
+        verdicts = score(image, x["prompt"])
         assert x["score"] == float(verdicts.pop("overall")) and x["score_categories"] == verdicts
+        assert x["stray_objects"] == len(stray_detections(detect(image), parse(x["prompt"])))
+        assert x["stray_blobs"] == len(stray_detections(detect(image, STRAY_BLOB_MIN_AREA), parse(x["prompt"])))
     assert summary["dense"]["score"]["n"] == 2 and "score" in (out / "report.md").read_text()
+    for label, s in summary.items():  # the stray share and category means, recomputed from the rows
+        rows = [x for x in data["results"] if x["label"] == label]
+        assert s["stray"]["mean"] == pytest.approx(np.mean([x["stray_objects"] > 0 for x in rows]))
+        assert s["stray_blobs"]["mean"] == pytest.approx(np.mean([x["stray_blobs"] > 0 for x in rows]))
+        assert s["score_categories"]["colors"]["mean"] == pytest.approx(np.mean([x["score_categories"]["colors"] for x in rows]))
+    assert "stray" in (out / "report.md").read_text()
 
 
 def test_compare_leaves_prompts_outside_the_toy_grammar_unscored(tmp_path):
     r = run("compare", *TINY, "--prompt", "a lighthouse at dawn", "--methods", "stepvar", "--warmup", 0,
             "--out", tmp_path, "--json")
     assert r.exit_code == 0, r.output
-    assert all(x["score"] is None and x["score_categories"] is None for x in json.loads(r.stdout)["results"])
+    data = json.loads(r.stdout)
+    assert all(x["score"] is None and x["score_categories"] is None and x["stray_objects"] is None
+               and x["stray_blobs"] is None for x in data["results"])
+    assert all(s["stray"]["n"] == 0 and s["score_categories"] == {} for s in data["summary"])
 
 
 def test_compare_needs_one_prompt_source(tmp_path):

@@ -263,3 +263,113 @@ def test_heldout_prompts_file_is_current_and_covers_categories():
     assert {s.groups[0].count for s in specs if s.form == "count"} == {2, 3, 4}
     with pytest.raises(StepvarError):
         ev.load_prompts("/nonexistent/prompts.txt")
+
+
+# ----------------------------------------------------------------------------- stray objects
+
+
+@pytest.fixture(scope="module")
+def heldout_scenes():
+    rng = np.random.default_rng(5)
+    prompts = ev.load_prompts()
+    return prompts, [world.sample_scene_for_prompt(p, rng, "slots") for p in prompts]
+
+
+def _free_spot(scene, size, rng):
+    """A centre where a box of side `size` keeps world.GAP from every object and EDGE from the border."""
+    for _ in range(2000):
+        cx, cy = rng.uniform(world.EDGE + size / 2, 1 - world.EDGE - size / 2, 2)
+        if all(max(abs(cx - o.cx) - (size + o.size) / 2, abs(cy - o.cy) - (size + o.size) / 2) >= world.GAP
+               for o in scene.objects):
+            return float(cx), float(cy)
+    return None
+
+
+def _with_extra_object(scene, rng):
+    """The scene plus one object of a random colour and shape in free space, or None if none fits."""
+    for size in (0.16, 0.13, 0.11):
+        spot = _free_spot(scene, size, rng)
+        if spot is not None:
+            extra = world.Obj(str(rng.choice(list(world.SHAPES))), str(rng.choice(list(world.COLORS))), *spot, size)
+            return dataclasses.replace(scene, objects=[*scene.objects, extra]), extra
+    return None
+
+
+def test_plain_scene_of_every_heldout_prompt_has_no_stray_object(heldout_scenes):
+    prompts, scenes = heldout_scenes
+    report = ev.evaluate([world.render(s) for s in scenes], prompts)
+    assert report.stray_share == 0.0, [r for r in report.per_image if r["stray_objects"]]
+    assert report.stray_blob_share == 0.0, [r for r in report.per_image if r["stray_blobs"]]
+    assert all(r["objects"] == len(s.objects) for r, s in zip(report.per_image, scenes))
+
+
+def test_an_added_object_is_a_stray_in_every_heldout_scene(heldout_scenes):
+    prompts, scenes = heldout_scenes
+    rng = np.random.default_rng(6)
+    tried = 0
+    for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
+        added = _with_extra_object(scene, rng)
+        if added is None:  # a 2 x 2 count scene may leave no free corner
+            continue
+        tried += 1
+        busier, extra = added
+        for img in (world.render(busier), degrade(world.render(busier), np.random.default_rng(i))):
+            dets = ev.detect(img)
+            strays = ev.stray_detections(dets, grammar.parse(prompt))
+            assert len(strays) == 1, (prompt, extra, dets)
+            s = strays[0]
+            # The stray is the added object itself (unless it is a twin of a requested one, then either may be).
+            twin = any((o.shape, o.color) == (extra.shape, extra.color) for o in scene.objects)
+            assert twin or (s.color, s.shape) == (extra.color, extra.shape), (prompt, extra, s)
+            assert twin or (abs(s.cx - extra.cx) < 0.03 and abs(s.cy - extra.cy) < 0.03)
+        report = ev.evaluate([world.render(busier)], [prompt])
+        assert report.stray_share == 1.0 and report.per_image[0]["stray_objects"] == 1
+        assert report.per_image[0]["stray_blobs"] == 1
+    assert tried >= 80, tried
+
+
+def _brute_force_strays(dets, wanted):
+    """Try every injective pairing of the requested objects with detections; the best one's leftovers."""
+    import itertools
+
+    if len(dets) <= len(wanted):
+        return set()
+    best, best_used = -1.0, None
+    for used in itertools.permutations(range(len(dets)), len(wanted)):
+        gain = 0.0
+        for (shape, color), j in zip(wanted, used):
+            d = dets[j]
+            tier = 3 if (d.shape, d.color) == (shape, color) else 2 if d.color == color else 1 if d.shape == shape else 0
+            gain += 2 * tier + d.area
+        if gain > best:
+            best, best_used = gain, set(used)
+    return set(range(len(dets))) - best_used
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stray_pairing_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        spec = grammar.random_spec(rng)
+        n = int(rng.integers(0, 7))
+        areas = rng.dirichlet(np.ones(n + 1))[:n] if n else []  # disjoint objects: areas sum below 1
+        dets = [ev.Detection(str(rng.choice(list(world.COLORS))), str(rng.choice(list(world.SHAPES))),
+                             float(rng.uniform()), float(rng.uniform()), float(a), (0, 0, 1, 1), 0.8) for a in areas]
+        strays = ev.stray_detections(dets, spec)
+        expect = _brute_force_strays(dets, ev.requested_objects(spec))
+        assert {id(d) for d in strays} == {id(dets[i]) for i in expect}
+        assert len(strays) == max(0, n - sum(g.count for g in spec.groups))
+
+
+def test_specks_count_as_stray_blobs_not_objects(heldout_scenes):
+    """A coloured speck far below object size: a stray blob, not a stray object; plain scenes have neither."""
+    prompts, scenes = heldout_scenes
+    rng = np.random.default_rng(7)
+    report = ev.evaluate([degrade(world.render(s), np.random.default_rng(i)) for i, s in enumerate(scenes)], prompts)
+    assert report.stray_blob_share == 0.0, [r for r in report.per_image if r["stray_blobs"]]
+    for prompt, scene in list(zip(prompts, scenes))[::4]:
+        spot = _free_spot(scene, 0.05, rng)
+        speck = world.Obj("square", str(rng.choice(list(world.COLORS))), *spot, 0.045)  # ~0.2 % of the image
+        img = world.render(dataclasses.replace(scene, objects=[*scene.objects, speck]))
+        row = ev.evaluate([img], [prompt]).per_image[0]
+        assert (row["stray_objects"], row["stray_blobs"]) == (0, 1), (prompt, speck)

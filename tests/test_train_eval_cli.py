@@ -1,5 +1,6 @@
 """`stepvar train` and `stepvar eval` wiring (tiny smoke runs; real training is a benchmark, not a test)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -21,7 +22,17 @@ def test_eval_scores_ground_truth_images(tmp_path):
         save_image(tmp_path / f"{i}.png", render(sample_scene_for_prompt(parse(p), rng)), {"prompt": p})
     r = runner.invoke(app, ["eval", "--images", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["overall"] == 1.0
+    data = json.loads(r.stdout)
+    assert data["overall"] == 1.0 and data["stray_share"] == 0.0
+    assert [x["stray_objects"] for x in data["per_image"]] == [0, 0, 0]
+    # the same scenes with a second red circle where the prompt asked for one: 1 image of 3 has a stray
+    scene = sample_scene_for_prompt(parse("a red circle"), rng)
+    twin = dataclasses.replace(scene.objects[0], cx=0.2 if scene.objects[0].cx > 0.5 else 0.8, cy=0.2, size=0.15)
+    save_image(tmp_path / "0.png", render(dataclasses.replace(scene, objects=[*scene.objects, twin])),
+               {"prompt": "a red circle"})
+    r = runner.invoke(app, ["eval", "--images", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "stray objects: 0.333" in r.stdout
 
 
 def test_eval_generates_and_labels_untrained(tmp_path):

@@ -65,7 +65,8 @@ def _row(idx: int, prompt: str, config: BenchConfig, pruner, schedule, image: st
             "speedup_vs_dense": None, "transformer_speedup_vs_dense": None, "peak_memory_bytes": None,
             "peak_memory_kind": None, "kv_cache_bytes": None, "psnr_db": None, "identical": None, "ssim": None,
             "token_agreement": None, "token_agreement_pruned": None, "latent_cosine": None, "score": None,
-            "score_categories": None, "pruned_scales": plan.pruned_scales, "skipped_scales": [],
+            "score_categories": None, "stray_objects": None, "stray_blobs": None,
+            "pruned_scales": plan.pruned_scales, "skipped_scales": [],
             "cfg_drop_from": plan.cfg_drop_from, "skip_last": plan.skip_last}
 
 
@@ -150,12 +151,16 @@ def toy_spec(prompt: str):
 
 
 def _score(row: dict, image: np.ndarray, spec) -> None:
-    """The evaluator's verdicts for this image: score = 1.0 when every requirement holds."""
-    from ..toy.evaluator import score
+    """The evaluator's verdicts for this image (score = 1.0 when every requirement holds) and how
+    many objects it shows that the prompt did not ask for."""
+    from ..toy.evaluator import color_labels, detect_in_labels, score_detections, stray_counts
 
-    verdicts = score(image, spec)
+    labels = color_labels(image)
+    dets = detect_in_labels(labels)
+    verdicts = score_detections(dets, spec)
     row["score"] = float(verdicts.pop("overall"))
     row["score_categories"] = {k: bool(v) for k, v in verdicts.items()}
+    row.update(stray_counts(labels, dets, spec))
 
 
 def _compare_prompt(pipeline, idx, prompt, configs, schedule, sampling, out, add_row, images, say) -> None:
@@ -212,6 +217,14 @@ def summarize(rows: list[dict], configs: Sequence[BenchConfig]) -> list[dict]:
             item[key] = _stat([r[key] for r in sel if r[key] is not None])
         item["psnr_db"] = _stat([r["psnr_db"] for r in sel if r["psnr_db"] is not None])
         item["psnr_db"]["n_identical"] = sum(1 for r in sel if r["identical"])
+        scored = [r for r in sel if r.get("score_categories") is not None]
+        # The share of images with an object the prompt did not ask for, and each category's mean
+        # over the prompts that exercise it (the evaluator's categories).
+        item["stray"] = _stat([float(r["stray_objects"] > 0) for r in scored])
+        item["stray_blobs"] = _stat([float(r["stray_blobs"] > 0) for r in scored])
+        cats = {k for r in scored for k in r["score_categories"]}
+        item["score_categories"] = {k: _stat([float(r["score_categories"][k]) for r in scored if k in r["score_categories"]])
+                                    for k in sorted(cats)}
         out.append(item)
     return out
 
@@ -227,7 +240,7 @@ def _write(report: CompareReport, out: Path, final: bool, images=None, configs=N
     save_json(out / "report.json", report.to_dict())
     if final:
         if images:
-            save_grid(out / "grid.png", report.rows, images, configs)
+            save_grid(out / "grid.png", report.rows, images, [c.label for c in configs])
         save_text(out / "report.md", compare_markdown(report))
 
 
@@ -243,25 +256,36 @@ def _tile_label(row: dict) -> list[str]:
     keep = "own ratios" if row["keep"] is None else f"keep {row['keep']:g}"
     first = "dense (reference)" if row["method"] == "dense" else f"{row['method']}, {keep}"
     psnr = "PSNR inf" if row["identical"] else f"PSNR {row['psnr_db']:.2f} dB"
-    return [first, f"{fmt_seconds(row['time_s'])} ({row['speedup_vs_dense']:.2f}x dense)", f"{psnr}, SSIM {row['ssim']:.3f}"]
+    lines = [first, f"{fmt_seconds(row['time_s'])} ({row['speedup_vs_dense']:.2f}x dense)", f"{psnr}, SSIM {row['ssim']:.3f}"]
+    if row.get("score") is not None:  # a toy-world prompt: what the evaluator found
+        verdict = "right" if row["score"] else "wrong: " + ", ".join(k for k, v in row["score_categories"].items() if not v)
+        lines.append(verdict)
+        objects, blobs = row.get("stray_objects") or 0, row.get("stray_blobs") or 0
+        if blobs:
+            lines.append(f"strays: {objects} object-sized, {blobs} in all")
+    return lines
 
 
-def save_grid(path: Path, rows: list[dict], images: dict, configs: Sequence[BenchConfig]) -> Path:
-    """Prompts as rows, configurations as columns, three label lines under each tile."""
-    prompt_ids = sorted({idx for idx, _ in images})[:GRID_MAX_PROMPTS]
-    labels = [c.label for c in configs if any((i, c.label) in images for i in prompt_ids)]
+def save_grid(path: Path, rows: list[dict], images: dict, labels: Sequence[str],
+              prompt_ids: Sequence[int] | None = None) -> Path:
+    """Prompts as rows (the first GRID_MAX_PROMPTS, or prompt_ids), configurations as columns in
+    `labels` order, the label lines under each tile."""
+    if prompt_ids is None:
+        prompt_ids = sorted({idx for idx, _ in images})[:GRID_MAX_PROMPTS]
+    labels = [label for label in labels if any((i, label) in images for i in prompt_ids)]
+    by_key = {(r["prompt_index"], r["label"]): r for r in rows}
+    n_lines = max((len(_tile_label(by_key[k])) for k in images if k in by_key), default=3)
     h0, w0 = next(iter(images.values())).shape[:2]
     f = min(1.0, GRID_TILE / max(h0, w0))
     tw, th = max(1, round(w0 * f)), max(1, round(h0 * f))
     font, small = _font(13), _font(12)
     line, pad, head = 16, 6, 20
-    cell_h = head + th + 3 * line + 2 * pad
+    cell_h = head + th + n_lines * line + 2 * pad
     grid = Image.new("RGB", (len(labels) * (tw + pad) + pad, len(prompt_ids) * cell_h + pad), "white")
     draw = ImageDraw.Draw(grid)
-    by_key = {(r["prompt_index"], r["label"]): r for r in rows}
     for ri, idx in enumerate(prompt_ids):
         y0 = pad + ri * cell_h
-        prompt = by_key.get((idx, labels[0]), {}).get("prompt", "")
+        prompt = next((by_key[(idx, label)]["prompt"] for label in labels if (idx, label) in by_key), "")
         draw.text((pad, y0), f"prompt {idx}: {prompt[:120]}", fill="black", font=font)
         for ci, label in enumerate(labels):
             if (idx, label) not in images:

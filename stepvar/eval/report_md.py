@@ -194,9 +194,11 @@ def summary_table_rows(summary: list[dict]) -> tuple[list[str], list[list[str]]]
     cells = [[s["label"], str(s["n"]), ms(s["time_s"], 1, 1e3), ms(s["speedup_vs_dense"], 2), ms(s["psnr_db"], 2),
               ms(s["ssim"], 3), ms(s["token_agreement_pruned"], 3), ms(s["latent_cosine"], 3)] for s in summary]
     if any((s.get("score") or {}).get("n") for s in summary):  # toy-world prompts: the evaluator's score
-        head.append("score")
+        # shares of images with an object the prompt did not ask for: object-sized, and down to specks
+        head += ["score", "stray", "stray blobs"]
         for row, s in zip(cells, summary):
-            row.append(ms(s.get("score"), 3))
+            shares = [(s.get(k) or {}).get("mean") for k in ("stray", "stray_blobs")]
+            row += [ms(s.get("score"), 3), *("-" if x is None else f"{x:.3f}" for x in shares)]
     return head, cells
 
 

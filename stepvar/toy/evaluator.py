@@ -20,6 +20,18 @@ Categories (a prompt contributes to every category it exercises; see score()):
 Colour is checked only in `colors` and count only in `counting`, so a wrong-colour or
 wrong-count image fails exactly the category it gets wrong (besides `overall`).
 `overall` for an image is True when all of its categories are.
+
+Stray objects (reported beside the categories, not one of them): every object the prompt
+asks for (a group of N counts N times) is paired with a distinct detected object, by the
+pairing with the highest summed match (3 for the same shape and colour, 2 for the same
+colour, 1 for the same shape, 0 otherwise; ties go to the larger objects); the detections
+left over are the strays. Any detection may stand in for a
+requested object, so a wrong shape or colour in a requested object's place is a `colors` /
+shape failure, not a stray: an image has max(0, detected - requested) strays, and the
+pairing only decides which ones they are. Two sizes are counted: `stray_objects` among the
+detections (blobs of at least MIN_AREA, the size scoring uses) and `stray_blobs` with the same
+segmentation down to STRAY_BLOB_MIN_AREA (specks far smaller than any object the world draws,
+still plainly visible).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 
 from stepvar.errors import StepvarError
 from stepvar.toy.grammar import ObjectGroup, PromptSpec, Relation, describe, parse, random_spec
@@ -44,6 +57,9 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position")
 MIN_CHROMA = 0.3
 MAX_HUE_DIST = 45.0      # degrees; hues far from every colour (magenta, ...) are ignored
 MIN_AREA = 0.004         # fraction of the image; the smallest real object is ~0.012
+# Strays are also counted down to this size (fraction of the image: 65 px at 256 px, about 8 x 8):
+# pruning leaves coloured specks far smaller than an object, which MIN_AREA would not see.
+STRAY_BLOB_MIN_AREA = 0.001
 SMOOTH = 1 / 256         # sigma of the pre-blur, fraction of the side
 OPEN_RADIUS = 2 / 256    # fraction of the side: removes speckle and thin bridges
 
@@ -143,19 +159,26 @@ def _components(mask: np.ndarray, side: int):
             yield sl, lab[sl] == k
 
 
-def detect(image) -> list[Detection]:
-    """Find the objects in an (H, W, 3) uint8 image, sorted left to right."""
-    labels = color_labels(image)
+def detect(image, min_area: float = MIN_AREA) -> list[Detection]:
+    """Find the objects in an (H, W, 3) uint8 image, sorted left to right.
+
+    min_area (fraction of the image) is the smallest blob kept; below MIN_AREA only for strays.
+    """
+    return detect_in_labels(color_labels(image), min_area)
+
+
+def detect_in_labels(labels: np.ndarray, min_area: float = MIN_AREA) -> list[Detection]:
+    """detect() on colour_labels' output, so several floors can share one labelling."""
     h, w = labels.shape
     side = max(h, w)
     dets = []
     for ci, name in enumerate(_COLOR_NAMES):
         mask = labels == ci
-        if mask.sum() < MIN_AREA * h * w:  # nothing of this colour: skip the morphology
+        if mask.sum() < min_area * h * w:  # nothing of this colour: skip the morphology
             continue
         for sl, comp in _components(mask, side):
             area = int(comp.sum())
-            if area < MIN_AREA * h * w:
+            if area < min_area * h * w:
                 continue
             ys, xs = np.nonzero(comp)
             y0, x0 = sl[0].start, sl[1].start
@@ -215,6 +238,42 @@ def score_detections(dets: list[Detection], spec: PromptSpec) -> dict[str, bool]
     return out
 
 
+def _match_quality(det: Detection, shape: str, color: str) -> float:
+    """How well a detection stands for a requested object: 3 same shape and colour, 2 same colour,
+    1 same shape, 0 neither; doubled, plus the detection's area to break ties."""
+    same_shape, same_color = det.shape == shape, det.color == color
+    tier = 3 if same_shape and same_color else 2 if same_color else 1 if same_shape else 0
+    # Detections are disjoint parts of the image, so the area terms of a whole pairing sum to at
+    # most 1: the tiers decide first, and only ties between pairings go to the larger objects.
+    return 2 * tier + det.area
+
+
+def requested_objects(spec: PromptSpec) -> list[tuple[str, str]]:
+    """(shape, colour) of every object the prompt asks for: a group of N contributes N."""
+    return [(g.shape, g.color) for g in spec.groups for _ in range(g.count)]
+
+
+def stray_detections(dets: list[Detection], spec: PromptSpec) -> list[Detection]:
+    """The detections left once every requested object is paired with a distinct one (see module doc).
+
+    The pairing maximises the summed _match_quality (an optimal assignment, exact). Returned in
+    dets' order.
+    """
+    wanted = requested_objects(spec)
+    if len(dets) <= len(wanted):
+        return []
+    gain = np.array([[_match_quality(d, s, c) for d in dets] for s, c in wanted], np.float64)  # (requested, detected)
+    _, used = linear_sum_assignment(gain, maximize=True)
+    used = set(used.tolist())
+    return [d for i, d in enumerate(dets) if i not in used]
+
+
+def stray_counts(labels: np.ndarray, dets: list[Detection], spec: PromptSpec) -> dict[str, int]:
+    """{stray_objects, stray_blobs} of an image from its colour labels and its detections (module doc)."""
+    blobs = detect_in_labels(labels, STRAY_BLOB_MIN_AREA)
+    return {"stray_objects": len(stray_detections(dets, spec)), "stray_blobs": len(stray_detections(blobs, spec))}
+
+
 def score(image, spec: PromptSpec | str) -> dict[str, bool]:
     """Detect the objects in image and check them against the prompt (see module doc)."""
     spec = parse(spec) if isinstance(spec, str) else spec
@@ -227,7 +286,9 @@ class EvalReport:
 
     categories: mean verdict per category (over the prompts exercising it);
     counts: how many images each category mean is over; overall: fraction of images
-    whose every requirement holds; category_mean: the mean of the category means
+    whose every requirement holds; stray_share: fraction of images with an object the prompt
+    did not ask for (per image: stray_objects, their number; stray_blob_share and stray_blobs
+    the same down to specks, see the module doc); category_mean: the mean of the category means
     (GenEval's headline number, which weighs categories equally).
     """
 
@@ -237,6 +298,8 @@ class EvalReport:
     category_mean: float
     n_images: int
     per_image: list[dict] = field(default_factory=list)
+    stray_share: float = 0.0  # fraction of images with at least one stray object (module doc)
+    stray_blob_share: float = 0.0  # the same down to STRAY_BLOB_MIN_AREA
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,8 +313,10 @@ def evaluate(images, prompts) -> EvalReport:
     per_image, sums = [], {c: [] for c in CATEGORIES}
     for img, p in zip(images, prompts):
         spec = parse(p) if isinstance(p, str) else p
-        s = score(img, spec)
-        per_image.append({"prompt": describe(spec), **s})
+        labels = color_labels(img)
+        dets = detect_in_labels(labels)
+        s = score_detections(dets, spec)
+        per_image.append({"prompt": describe(spec), **s, "objects": len(dets), **stray_counts(labels, dets, spec)})
         for c in CATEGORIES:
             if c in s:
                 sums[c].append(s[c])
@@ -263,6 +328,8 @@ def evaluate(images, prompts) -> EvalReport:
         category_mean=float(np.mean(list(cats.values()))) if cats else 0.0,
         n_images=len(per_image),
         per_image=per_image,
+        stray_share=float(np.mean([r["stray_objects"] > 0 for r in per_image])) if per_image else 0.0,
+        stray_blob_share=float(np.mean([r["stray_blobs"] > 0 for r in per_image])) if per_image else 0.0,
     )
 
 
@@ -310,6 +377,7 @@ def load_prompts(path: str | Path | None = None) -> list[str]:
 
 
 __all__ = [
-    "CATEGORIES", "Detection", "EvalReport", "color_labels", "classify_shape",
-    "detect", "evaluate", "load_prompts", "make_heldout_prompts", "score", "score_detections",
+    "CATEGORIES", "Detection", "EvalReport", "STRAY_BLOB_MIN_AREA", "color_labels", "classify_shape",
+    "detect", "detect_in_labels", "stray_counts", "evaluate", "load_prompts", "make_heldout_prompts", "requested_objects", "score", "score_detections",
+    "stray_detections",
 ]
