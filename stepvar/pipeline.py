@@ -143,8 +143,7 @@ class Pipeline:
         t2 = time.perf_counter()
         # 4. decode
         if decode:
-            img = self.vae.decode(out.latent_BdHW.to(next(self.vae.parameters()).dtype))
-            images = to_uint8(img).numpy()
+            images = self.decode(out.latent_BdHW)
         else:
             images = np.zeros((len(prompts), 0, 0, 3), np.uint8)
         if self.device.type == "cuda":
@@ -157,6 +156,12 @@ class Pipeline:
             "kv_cache_bytes": out.kv_cache_bytes,
         }
         return GenerationResult(images, out, timings, record)
+
+    @torch.no_grad()
+    def decode(self, latent_BdHW: torch.Tensor) -> np.ndarray:
+        """Accumulated codes -> (B, H, W, 3) uint8 images."""
+        img = self.vae.decode(latent_BdHW.to(next(self.vae.parameters()).dtype))
+        return to_uint8(img).numpy()
 
     def record(self, prompts, schedule, pruner, sampling, timings) -> dict:
         """Everything needed to reproduce an output, saved beside it."""
