@@ -228,7 +228,13 @@ def run_prompt_set(job: PromptSetJob, pipe, schedule, pruner, sampling, ranks: R
         mine = job.shard(ranks)
         todo = job.pending(mine)
         report = RankReport(ranks.rank, str(pipe.device), len(mine), len(mine) - len(todo))
-        _generate_items(job, pipe, schedule, pruner, sampling, ranks, todo, report, settings, on_progress)
+        try:
+            _generate_items(job, pipe, schedule, pruner, sampling, ranks, todo, report, settings, on_progress)
+        except KeyboardInterrupt:
+            if ranks.is_main:  # what is finished stays; a rerun makes the rest
+                with contextlib.suppress(Exception):
+                    save_json(job.out / MANIFEST, _json_roundtrip(manifest | {"status": "interrupted"}))
+            raise
 
         reports = [RankReport(**r) for r in ranks.gather(report.__dict__)]  # also the barrier after the work
         summary = None

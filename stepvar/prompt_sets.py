@@ -44,8 +44,8 @@ def _read_jsonl(path: Path) -> list[PromptEntry]:
             continue
         try:
             obj = json.loads(line)
-        except ValueError as exc:
-            raise UserFileError(f"{where}: line {n} is not valid JSON ({shown(str(exc), 120)})") from None
+        except json.JSONDecodeError as exc:
+            raise UserFileError(f"{where}: line {n} is not valid JSON ({shown(exc.msg, 80)} at column {exc.colno})") from None
         if not isinstance(obj, dict):
             raise UserFileError(f"{where}: line {n} is not a JSON object")
         prompt = obj.get("prompt")
