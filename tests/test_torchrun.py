@@ -125,3 +125,23 @@ def test_killed_mid_run_then_restarted_finishes_without_redoing_or_partial_files
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished images were not redone
     assert pngs(out) == pngs(single)
     assert leftovers(out) == []
+
+
+def test_one_process_stopped_by_sigterm_exits_130_and_a_rerun_finishes(prompt_file, single, tmp_path):
+    out = tmp_path / "set"
+    cmd = [str(STEPVAR), "generate", "--prompts", str(prompt_file), "--samples", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.rglob("*.png"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted", stderr
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert 3 <= len(before) < 16 and leftovers(out) == []
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    r = subprocess.run(cmd + ["--json"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["generated_this_run"] == 16 - len(before)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert pngs(out) == pngs(single) and leftovers(out) == []
