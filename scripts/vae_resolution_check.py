@@ -31,6 +31,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
 
 
+def to_uint8(rec: torch.Tensor) -> np.ndarray:
+    return ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,13 +50,17 @@ def main() -> None:
     for size, budget in SIZES.items():
         grids = [(s.h, s.w) for s in get_schedule(budget).scales]
         images = np.stack([render(s, size) for s in scenes])
-        recs, scale_bits = [], []
+        recs, continuous, scale_bits = [], [], []
         for i in range(0, len(images), 4):
-            codes = multiscale_encode(vae.encode(to_model_images(images[i:i + 4], "cpu")), grids)
-            rec = vae.decode(codes.summed_BdHW)
-            recs.append(((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+            z = vae.encode(to_model_images(images[i:i + 4], "cpu"))
+            codes = multiscale_encode(z, grids)
+            recs.append(to_uint8(vae.decode(codes.summed_BdHW)))
+            continuous.append(to_uint8(vae.decode(z)))
             scale_bits.append(codes.bits[:7])
         recs = np.concatenate(recs)
+        # The decoder on the encoder's unquantized latents: what is lost in the codes, not in the encoder.
+        print(f"{size} px: evaluator on decodes of the continuous latents "
+              f"{evaluate(list(np.concatenate(continuous)), prompts).overall:.3f}")
         bits[size] = [torch.cat([b[k] for b in scale_bits]) for k in range(7)]
         report = evaluate(list(recs), prompts)
         bad = [i for i, r in enumerate(report.per_image) if not r["overall"]]

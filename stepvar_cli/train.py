@@ -44,6 +44,8 @@ def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt 
                   decoder_only: Annotated[bool, typer.Option(help="Train the decoder only (needs --init-from): the codes, and a transformer trained on them, stay valid.")] = False,
                   mix_image_size: Annotated[Optional[int], typer.Option(help="Also crop scenes rendered at this size (e.g. 512), --mix-batch of them per update.")] = None,
                   mix_batch: Annotated[int, typer.Option(help="Crops per update from --mix-image-size scenes.")] = 0,
+                  quantize_whole: Annotated[bool, typer.Option(help="With --decoder-only: quantize whole scenes over the schedule generation uses at their size, decode crops of them.")] = False,
+                  layout: Annotated[str, typer.Option(help="Scene layout: free or slots (what the transformer's pools use).")] = "free",
                   lr: LROpt = None, warmup: WarmupOpt = None, decay_steps: DecayOpt = None, ckpt_every: CkptEveryOpt = 500,
                   device: TrainDeviceOpt = "auto", cpu_bf16: CpuBf16Opt = False,
                   as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -55,7 +57,8 @@ def train_vae_cmd(out_dir: RunDirOpt, steps: StepsOpt = 5000, resume: ResumeOpt 
         check_output_dir(out_dir)
         cfg = VAETrainConfig(seed=seed, batch_size=batch, device=device, cpu_bf16=cpu_bf16, ckpt_every=ckpt_every,
                              init_from=None if init_from is None else str(init_from), decoder_only=decoder_only,
-                             object_weight=object_weight, mix_image_size=mix_image_size, mix_batch=mix_batch)
+                             object_weight=object_weight, mix_image_size=mix_image_size, mix_batch=mix_batch,
+                             quantize_whole=quantize_whole, layout=layout)
         cfg.optim = optim_for_run(cfg.optim, steps, lr, warmup, decay_steps, out_dir if resume else None)
         res = train_vae(cfg, out_dir, steps, resume="auto" if resume else False,
                         on_log=_log_printer(as_json, steps, "train vae"), on_note=_note_printer())

@@ -383,3 +383,48 @@ def test_scale_weighted_loss_equals_a_per_scale_loop():
     assert 0 < metrics["bit_acc"] <= 1
     with pytest.raises(ConfigError, match="loss_weighting"):
         tiny_gpt_cfg(loss_weighting="pixel")
+
+
+def test_whole_scene_loss_decodes_the_generation_quantization_of_the_scene():
+    """quantize_whole: against a brute-force reference that quantizes the whole scene with the
+    generation schedule, decodes the window and scores only the crop (plus the scene's own borders)."""
+    from stepvar.training.data import sample_pairs
+    from stepvar.training.train_vae import whole_scene_loss
+
+    vae = tiny_vae().eval()
+    stride = vae.cfg.stride
+    _, images = sample_pairs(np.random.default_rng(4), 3, 256, "slots")
+    img = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    grids = [(s.h, s.w) for s in get_schedule("0.06M").scales]
+    with torch.no_grad():
+        zq = multiscale_encode(vae.encoder(img), grids).summed_BdHW
+        # the whole scene as one window: everything scored
+        cfg = tiny_vae_cfg(image_size=256, crop=256, init_from="x", decoder_only=True, quantize_whole=True, edge_weight=0.0)
+        loss, _ = whole_scene_loss(vae, img, cfg, None, np.random.default_rng(0))
+        torch.testing.assert_close(loss, (vae.decoder(zq) - img).abs().mean())
+        # a 64 px crop with 2 latents of context: the window is decoded on its own, the margin is not scored
+        cfg = tiny_vae_cfg(image_size=256, crop=64, context=2, init_from="x", decoder_only=True, quantize_whole=True,
+                           edge_weight=0.0)
+        loss, _ = whole_scene_loss(vae, img, cfg, None, np.random.default_rng(1))
+        rng, win, H = np.random.default_rng(1), 8, 16
+        ys, xs = rng.integers(0, H - win + 1, 3), rng.integers(0, H - win + 1, 3)
+        errs, n = 0.0, 0
+        for i, (y, x) in enumerate(zip(ys, xs)):
+            rec = vae.decoder(zq[i:i + 1, :, y:y + win, x:x + win])[0]
+            target = img[i, :, y * stride:(y + win) * stride, x * stride:(x + win) * stride]
+            for py in range(win):
+                for px in range(win):
+                    inside_y = 2 <= py < 6 or (py < 2 and y == 0) or (py >= 6 and y + win == H)
+                    inside_x = 2 <= px < 6 or (px < 2 and x == 0) or (px >= 6 and x + win == H)
+                    if inside_y and inside_x:
+                        block = (slice(None), slice(py * stride, (py + 1) * stride), slice(px * stride, (px + 1) * stride))
+                        errs += (rec[block] - target[block]).abs().sum().item()
+                        n += target[block].numel()
+        # l1 is normalised by the mean weight over all channels' pixels: the scored pixels' mean error
+        assert abs(loss.item() - errs / n) < 1e-5
+    with pytest.raises(ConfigError, match="decoder_only"):
+        tiny_vae_cfg(image_size=256, crop=64, quantize_whole=True)
+    with pytest.raises(ConfigError, match="schedule"):
+        tiny_vae_cfg(image_size=64, crop=32, init_from="x", decoder_only=True, quantize_whole=True)
+    with pytest.raises(ConfigError, match="layout"):
+        tiny_vae_cfg(layout="grid")

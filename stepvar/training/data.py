@@ -24,11 +24,12 @@ def sample_pairs(rng: np.random.Generator, n: int, size: int = 256,
     return prompts, np.stack(images)
 
 
-def sample_pairs_with_masks(rng: np.random.Generator, n: int, size: int = 256) -> tuple[list[str], np.ndarray, np.ndarray]:
+def sample_pairs_with_masks(rng: np.random.Generator, n: int, size: int = 256,
+                            layout: str = "free") -> tuple[list[str], np.ndarray, np.ndarray]:
     """sample_pairs (the same draws from rng) plus each scene's object mask, bool (n, size, size)."""
     prompts, images, masks = [], [], []
     for _ in range(n):
-        prompt, image, _, scene = make_example(rng, size)
+        prompt, image, _, scene = make_example(rng, size, layout)
         prompts.append(prompt)
         images.append(image)
         masks.append(objects_mask(scene, size))

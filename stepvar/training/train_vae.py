@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.bsq_vae import VAE_PRESETS, BSQVAE, VAEConfig, multiscale_encode
-from ..schedules import get_schedule
+from ..schedules import RESOLUTIONS, get_schedule
+from ..toy.world import LAYOUTS
 from .common import Job, OptimConfig, Rngs, RunSettings, TrainResult, autocast, check_cpu_bf16, clip_and_step, lr_at, make_optimizer, \
     read_training_checkpoint, resolve_device, run_job
 from .data import random_crops, sample_pairs, sample_pairs_with_masks, to_model_images
@@ -64,6 +65,13 @@ class VAETrainConfig(RunSettings):
     # decoder serves both resolutions: textures are periodic in pixels, so a 512 px crop is not a 256 px one.
     mix_image_size: int | None = None
     mix_batch: int = 0
+    layout: str = "free"           # scene layout (stepvar.toy.world.LAYOUTS); the transformer's pools use "slots"
+    # quantize_whole (decoder only): quantize each whole scene's latent over the schedule generation uses at its
+    # size (0.06M at 256, 0.25M at 512), then decode a crop of it with `context` latents of neighbours on each
+    # side, scored on the crop only. A crop quantized on its own (the default) has the scales of an 8 x 8 latent,
+    # not those of a 32 x 32 one, so at 512 px the decoder is trained on sums of codes it never sees.
+    quantize_whole: bool = False
+    context: int = 2
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=3e-4, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=200, decay_steps=20000, grad_clip=1.0))
 
@@ -82,6 +90,15 @@ class VAETrainConfig(RunSettings):
             raise ConfigError("mix_image_size and mix_batch > 0 go together")
         if self.mix_image_size is not None and self.crop > self.mix_image_size:
             raise ConfigError(f"crop {self.crop} must be <= mix_image_size {self.mix_image_size}")
+        if self.quantize_whole and not self.decoder_only:
+            raise ConfigError("quantize_whole trains the decoder only: add decoder_only")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        sizes = [self.image_size] + ([self.mix_image_size] if self.mix_image_size else [])
+        if self.quantize_whole and any(s not in RESOLUTIONS for s in sizes):
+            raise ConfigError(f"quantize_whole needs image sizes with a schedule: {', '.join(map(str, RESOLUTIONS))}")
+        if self.context < 0:
+            raise ConfigError(f"context must be >= 0, got {self.context}")
 
 
 def quantizer_grids(budget: str, latent_hw: tuple[int, int], token_stride: int = 16) -> list[tuple[int, int]]:
@@ -107,15 +124,52 @@ def vae_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig,
     zq = multiscale_encode(z.detach(), grids).summed_BdHW
     with autocast(device, cfg.amp, cfg.cpu_bf16):
         rec = vae.decoder(z + (zq - z).detach()).float()  # straight-through estimator (plain zq when decoder_only)
+    return _reconstruction_loss(rec, img_B3HW, weight_B1HW, F.mse_loss(z, zq), cfg)
+
+
+def whole_scene_loss(vae: BSQVAE, img_B3HW: torch.Tensor, cfg: VAETrainConfig, weight_B1HW: torch.Tensor | None,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """The decoder's loss on crops of whole scenes quantized as generation quantizes them (quantize_whole)."""
+    device, stride = img_B3HW.device, vae.cfg.stride
+    with torch.no_grad(), autocast(device, cfg.amp, cfg.cpu_bf16):
+        z = vae.encoder(img_B3HW).float()
+    H, W = z.shape[-2:]
+    budget = RESOLUTIONS[img_B3HW.shape[-1]]
+    zq = multiscale_encode(z, quantizer_grids(budget, (H, W), vae.cfg.token_stride)).summed_BdHW
+    c = cfg.crop // stride
+    win = min(c + 2 * cfg.context, H, W)
+    ys, xs = rng.integers(0, H - win + 1, len(z)), rng.integers(0, W - win + 1, len(z))
+    zq_win = torch.stack([zq[i, :, y:y + win, x:x + win] for i, (y, x) in enumerate(zip(ys, xs))])
+    img_win = torch.stack([img_B3HW[i, :, y * stride:(y + win) * stride, x * stride:(x + win) * stride]
+                           for i, (y, x) in enumerate(zip(ys, xs))])
+    # Score only where the decoder saw the neighbours it sees at generation: a margin that is the
+    # scene's own border has none there either, so it is scored too.
+    keep = torch.zeros(len(z), 1, win * stride, win * stride, device=device)
+    m = (win - c) // 2
+    for i, (y, x) in enumerate(zip(ys, xs)):
+        y0, y1 = (0 if y == 0 else m), (win if y + win == H else win - m)
+        x0, x1 = (0 if x == 0 else m), (win if x + win == W else win - m)
+        keep[i, :, y0 * stride:y1 * stride, x0 * stride:x1 * stride] = 1.0
+    w = keep if weight_B1HW is None else keep * torch.stack(
+        [weight_B1HW[i, :, y * stride:(y + win) * stride, x * stride:(x + win) * stride] for i, (y, x) in enumerate(zip(ys, xs))])
+    with autocast(device, cfg.amp, cfg.cpu_bf16):
+        rec = vae.decoder(zq_win).float()
+    return _reconstruction_loss(rec, img_win, w, torch.zeros((), device=device), cfg, keep)
+
+
+def _reconstruction_loss(rec: torch.Tensor, img_B3HW: torch.Tensor, weight_B1HW: torch.Tensor | None,
+                         commit: torch.Tensor, cfg: VAETrainConfig,
+                         scored_B1HW: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     w = torch.ones_like(img_B3HW[:, :1]) if weight_B1HW is None else weight_B1HW
     l1 = ((rec - img_B3HW).abs() * w).mean() / w.mean()
     (rx, ry), (tx, ty) = _edges(rec), _edges(img_B3HW)
     wx, wy = torch.maximum(w[..., :, 1:], w[..., :, :-1]), torch.maximum(w[..., 1:, :], w[..., :-1, :])
     edge = 0.5 * (((rx - tx).abs() * wx).mean() / wx.mean() + ((ry - ty).abs() * wy).mean() / wy.mean())
-    commit = F.mse_loss(z, zq)
     loss = cfg.l1_weight * l1 + cfg.edge_weight * edge + cfg.commit_weight * commit
     with torch.no_grad():
-        psnr = 10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), img_B3HW).clamp_min(1e-10))
+        s = torch.ones_like(rec[:, :1]) if scored_B1HW is None else scored_B1HW
+        mse = (((rec.clamp(-1, 1) - img_B3HW) ** 2) * s).sum() / (s.sum() * rec.shape[1]).clamp_min(1)
+        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
         values = torch.stack((loss, l1, edge, commit, psnr)).tolist()  # one device sync
     return loss, dict(zip(("loss", "l1", "edge", "commit", "psnr"), values))
 
@@ -147,26 +201,49 @@ class VAEJob(Job):
         return asdict(self.cfg)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        parts = [self._crops(self.cfg.batch_size, self.cfg.image_size)]
+        take = self._scenes if self.cfg.quantize_whole else self._crops
+        parts = [take(self.cfg.batch_size, self.cfg.image_size)]
         if self.cfg.mix_batch:
-            parts.append(self._crops(self.cfg.mix_batch, self.cfg.mix_image_size))
-        both = np.concatenate(parts)
+            parts.append(take(self.cfg.mix_batch, self.cfg.mix_image_size))
+        if self.cfg.quantize_whole:  # two sizes cannot share a tensor: one batch per size
+            return [self._to_batch(p) for p in parts]
+        return self._to_batch(np.concatenate(parts))
+
+    def _to_batch(self, both: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.cfg.object_weight:
             return to_model_images(both, self.device), None
         weight = 1.0 + self.cfg.object_weight * torch.from_numpy(both[..., 3].astype(np.float32))[:, None]
         return to_model_images(both[..., :3], self.device), weight.to(self.device)
 
+    def _scenes(self, n: int, size: int) -> np.ndarray:
+        """n whole fresh scenes (quantize_whole); with object_weight a 4th channel holds the object mask."""
+        _, images, masks = sample_pairs_with_masks(self.rngs.data, n, size, self.cfg.layout)
+        if not self.cfg.object_weight:
+            return images
+        return np.concatenate([images, masks[..., None].astype(np.uint8)], -1)
+
     def _crops(self, n: int, size: int) -> np.ndarray:
         """n random crops of fresh scenes rendered at size; with object_weight a 4th channel holds the object mask."""
         if not self.cfg.object_weight:
-            _, images = sample_pairs(self.rngs.data, n, size)
+            _, images = sample_pairs(self.rngs.data, n, size, self.cfg.layout)
             return random_crops(images, self.cfg.crop, self.rngs.data)
-        _, images, masks = sample_pairs_with_masks(self.rngs.data, n, size)
+        _, images, masks = sample_pairs_with_masks(self.rngs.data, n, size, self.cfg.layout)
         return random_crops(np.concatenate([images, masks[..., None].astype(np.uint8)], -1), self.cfg.crop, self.rngs.data)
 
-    def update(self, batch: tuple[torch.Tensor, torch.Tensor | None], step: int) -> dict[str, float]:
-        loss, metrics = vae_loss(self.vae, batch[0], self.cfg, batch[1])
-        loss.backward()
+    def update(self, batch, step: int) -> dict[str, float]:
+        if self.cfg.quantize_whole:
+            # One backward per size, each weighted by its share of the rows, so the step is one mean over all.
+            rows = sum(len(b[0]) for b in batch)
+            metrics: dict[str, float] = {}
+            for (images, weight), size in zip(batch, (self.cfg.image_size, self.cfg.mix_image_size)):
+                loss, part = whole_scene_loss(self.vae, images, self.cfg, weight, self.rngs.data)
+                (loss * len(images) / rows).backward()
+                for k, v in part.items():
+                    metrics[k] = metrics.get(k, 0.0) + v * len(images) / rows
+                metrics[f"psnr_{size}"] = part["psnr"]
+        else:
+            loss, metrics = vae_loss(self.vae, batch[0], self.cfg, batch[1])
+            loss.backward()
         lr = lr_at(step, self.cfg.optim)
         metrics["grad_norm"] = clip_and_step(self.optimizer, self.params, lr, self.cfg.optim.grad_clip)
         metrics["lr"] = lr
