@@ -50,6 +50,11 @@ class Pipeline:
     # The budgets the weights were trained on (an embedded model's model.json says); None = not known
     # (official weights, random weights), in which case every schedule is allowed.
     budgets: tuple[str, ...] | None = None
+    # Memory for small GPUs (stepvar.offload): None, "text-encoder" (moved off the device once the
+    # prompts are encoded) or "model" (the blocks streamed to the device one at a time).
+    offload: str | None = None
+    streamer: object | None = None  # stepvar.offload.BlockStreamer when offload == "model"
+    text_encoder_released: bool = False
 
     @property
     def codec(self) -> LatentCodec:
@@ -86,10 +91,31 @@ class Pipeline:
                           f"use --resolution {' or '.join(sides)}")
 
     @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text features and mask on the pipeline's device (computed on the host once the encoder is released)."""
+        if not self.text_encoder_released:
+            return self.text_encoder.encode(prompts, self.device)
+        text, mask = self.text_encoder.encode(prompts, torch.device("cpu"))
+        return text.to(self.device), mask.to(self.device)
+
+    def release_text_encoder(self) -> None:
+        """Move the text encoder off the compute device (offload "text-encoder": once every prompt is encoded)."""
+        if self.text_encoder_released or self.device.type == "cpu":
+            self.text_encoder_released = True
+            return
+        module = self.text_encoder if isinstance(self.text_encoder, torch.nn.Module) else getattr(self.text_encoder, "model", None)
+        if isinstance(module, torch.nn.Module):
+            module.to("cpu")
+        self.text_encoder_released = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
     def generate(self, prompts: list[str] | str, schedule: ScaleSchedule | None = None, pruner: Pruner | None = None,
                  sampling: SamplingConfig | None = None, on_scale=None, decode: bool = True,
-                 keep_hidden: bool = False, forced_bits=None) -> GenerationResult:
-        """forced_bits: bits for the first scales instead of sampled ones (stepvar.sampling.sample)."""
+                 keep_hidden: bool = False, forced_bits=None, encoded=None) -> GenerationResult:
+        """forced_bits: bits for the first scales instead of sampled ones (stepvar.sampling.sample).
+        encoded: the prompts' (features, mask) from encode(), to skip encoding here."""
         # 1. check inputs
         prompts = check_prompts([prompts] if isinstance(prompts, str) else list(prompts))
         schedule = schedule or self.schedule()
@@ -99,18 +125,25 @@ class Pipeline:
             raise ConfigError(f"schedule token stride {schedule.token_stride} != VAE token stride {self.vae.cfg.token_stride}")
         self.check_schedule(schedule)
         # 2. encode prompts
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        text, mask = self.text_encoder.encode(prompts, self.device)
+        text, mask = encoded if encoded is not None else self.encode(prompts)
+        if self.offload == "text-encoder":
+            self.release_text_encoder()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
         # 3. sample latents
-        out = sample(self.model, text, mask, schedule, self.codec, sampling, pruner, on_scale, keep_hidden, forced_bits)
+        try:
+            out = sample(self.model, text, mask, schedule, self.codec, sampling, pruner, on_scale, keep_hidden, forced_bits)
+        finally:
+            if self.streamer is not None:
+                self.streamer.release()  # no block stays on the device after the loop
         t2 = time.perf_counter()
         # 4. decode
         if decode:
-            img = self.vae.decode(out.latent_BdHW.to(next(self.vae.parameters()).dtype))
-            images = to_uint8(img).numpy()
+            images = self.decode(out.latent_BdHW)
         else:
             images = np.zeros((len(prompts), 0, 0, 3), np.uint8)
         if self.device.type == "cuda":
@@ -118,7 +151,17 @@ class Pipeline:
         t3 = time.perf_counter()
         timings = {"text_s": t1 - t0, "transformer_s": t2 - t1, "decode_s": t3 - t2, "total_s": t3 - t0}
         record = self.record(prompts, schedule, pruner, sampling, timings)
+        record["memory"] = {
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
+            "kv_cache_bytes": out.kv_cache_bytes,
+        }
         return GenerationResult(images, out, timings, record)
+
+    @torch.no_grad()
+    def decode(self, latent_BdHW: torch.Tensor) -> np.ndarray:
+        """Accumulated codes -> (B, H, W, 3) uint8 images."""
+        img = self.vae.decode(latent_BdHW.to(next(self.vae.parameters()).dtype))
+        return to_uint8(img).numpy()
 
     def record(self, prompts, schedule, pruner, sampling, timings) -> dict:
         """Everything needed to reproduce an output, saved beside it."""
@@ -136,6 +179,7 @@ class Pipeline:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "numerics": self.model.numerics,
+            "offload": self.offload,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "timings": timings,
@@ -151,14 +195,18 @@ def _build_untrained(preset: ModelPreset, seed: int) -> tuple[Infinity, BSQVAE]:
 
 def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | None = None, vae: str | Path | None = None,
                   text_encoder: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-                  init_seed: int = 0, numerics: str = "exact") -> Pipeline:
+                  init_seed: int = 0, numerics: str = "exact", offload: str | None = None) -> Pipeline:
     """Build a pipeline from a preset and local files. Nothing is ever downloaded.
 
     With no weights, the preset's architecture runs with seeded random weights and the
     pipeline says so (status "untrained"). Official weights need --weights, --vae and
     --text-encoder pointing at local files. numerics "official" reproduces the official code's bf16
     roundings in the text attentions of an fp32 run (Infinity.set_numerics); "exact" keeps fp32.
+    offload: None, "text-encoder" or "model" (stepvar.offload).
     """
+    from .offload import check_offload, move_except_blocks, stream_blocks
+
+    offload = check_offload(offload)
     preset = model if isinstance(model, ModelPreset) else load_model_preset(model)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -198,14 +246,23 @@ def load_pipeline(model: str | ModelPreset | None = None, weights: str | Path | 
         sources["text_encoder"] = str(text_encoder)
     if enc.channels != preset.arch.text_channels:
         raise StepvarError(f"text encoder width {enc.channels} != model text_channels {preset.arch.text_channels}")
-    net.to(dev).eval()
+    streamer = None
+    if offload == "model":
+        # The blocks never go to the device whole: cast on the host, then streamed one at a time.
+        net.eval()
+        if dt != torch.float32:
+            net.cast_blocks(dt)
+        streamer = stream_blocks(net, dev)
+        move_except_blocks(net, dev)
+    else:
+        net.to(dev).eval()
+        if dt != torch.float32:
+            net.cast_blocks(dt)
     ae.to(dev).eval()
     if isinstance(enc, torch.nn.Module):
         enc.to(dev).eval()
-    if dt != torch.float32:
-        net.cast_blocks(dt)
     net.set_numerics(numerics)
-    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources, budgets)
+    return Pipeline(preset, net, ae, enc, dev, dt, trained and enc.trained, sources, budgets, offload, streamer)
 
 
 def _make_text_encoder(preset: ModelPreset, directory, device, trained: bool) -> TextEncoder:

@@ -32,6 +32,9 @@ class SamplingConfig:
     tau: float | Sequence[float] = 0.5
     top_p: float = 0.97
     seed: int | None = 0
+    # One seed per prompt row instead of seed + i: a prompt set batches items whose seeds are not
+    # consecutive (stepvar.prompt_sets.sample_seed), and each must draw as it would alone.
+    row_seeds: Sequence[int] | None = None
 
     @classmethod
     def for_model(cls, preset_sampling: dict, cfg=None, tau=None, top_p: float | None = None,
@@ -75,6 +78,8 @@ class SamplingConfig:
         from .validate import OPTION_RULES
 
         OPTION_RULES["seed"].check(self.seed if self.seed is not None else 0, "--seed")
+        for s in self.row_seeds or ():
+            OPTION_RULES["seed"].check(s, "row seed")
 
 
 @dataclass
@@ -160,8 +165,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_generators(seed: int | None, n: int, device: torch.device) -> list[torch.Generator | None]:
-    """Prompt i of a batch samples with seed + i (None: the global RNG)."""
+def make_generators(seed: int | None, n: int, device: torch.device,
+                    row_seeds: Sequence[int] | None = None) -> list[torch.Generator | None]:
+    """Prompt i of a batch samples with seed + i, or with row_seeds[i] when given (None: the global RNG)."""
+    if row_seeds is not None:
+        if len(row_seeds) != n:
+            raise ConfigError(f"{len(row_seeds)} row seeds for a batch of {n} prompts")
+        return [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
     if seed is None:
         return [None] * n
     return [torch.Generator(device=device).manual_seed(int(seed) + i) for i in range(n)]
@@ -201,7 +211,7 @@ def sample(
 
     # 2. conditioning: [cond; uncond] rows only if some scale uses CFG
     B = text_BTCt.shape[0]
-    generators = make_generators(sampling.seed, B, device)
+    generators = make_generators(sampling.seed, B, device, sampling.row_seeds)
     use_cfg = any(c != 1.0 for c in cfgs)
     if use_cfg:
         text_BTCt = torch.cat((text_BTCt, model.uncond_text(mask_BT).to(text_BTCt)), 0)

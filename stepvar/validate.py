@@ -92,7 +92,7 @@ UNIT_OPEN_LOW = Range(0, 1, lo_open=True)  # (0, 1]
 # thing in every command that has it, so one table covers them all.
 OPTION_RULES: dict[str, Range] = {
     "seed": Range(0, SEED_MAX),
-    "batch": POSITIVE, "repeats": POSITIVE, "samples": POSITIVE, "steps": POSITIVE, "ckpt_every": POSITIVE,
+    "batch": POSITIVE, "batch_size": POSITIVE, "repeats": POSITIVE, "samples": POSITIVE, "steps": POSITIVE, "ckpt_every": POSITIVE,
     "n": POSITIVE, "prefix_scales": POSITIVE, "decay_steps": POSITIVE,
     "warmup": NON_NEGATIVE, "prefix_batch": NON_NEGATIVE, "first_scale": NON_NEGATIVE,
     "lr": Range(0, lo_open=True), "object_weight": NON_NEGATIVE, "self_correction": Range(0, 1),

@@ -20,11 +20,15 @@ from .options import (AspectOpt, CfgDropOpt, CfgOpt, DeviceOpt, DtypeOpt, FirstS
 
 FramesOpt = Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames, 16 per second + 1 (17, 33, ..., 81, 161).")]
 DurationOpt = Annotated[Optional[int], typer.Option("--duration", help="Video models: whole seconds (instead of --frames). [default: 5]")]
+PromptsOpt = Annotated[Optional[Path], typer.Option("--prompts", help="A prompt set: a text file (one prompt a line) or GenEval's evaluation_metadata.jsonl; --out is then a directory in GenEval's layout. Under torchrun the set is shared over the ranks; a rerun makes only what is missing.")]
+SamplesOpt = Annotated[Optional[int], typer.Option("--samples", help="With --prompts: images per prompt. [default: 1]")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="With --prompts: images generated together (each is the image it would be alone). [default: 1]")]
+OffloadOpt = Annotated[str, typer.Option("--offload", help="none; text-encoder (moved off the device once the prompts are encoded); model (blocks streamed to the device one at a time).")]
 
 
 def generate(
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")],
-    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output image (.png or .jpg) or, for a video model, .mp4 (plus a poster PNG); a .json sidecar is written beside it. [default: stepvar.png / stepvar.mp4]")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output image (.png or .jpg) or, for a video model, .mp4 (plus a poster PNG); a .json sidecar is written beside it; with --prompts, a directory. [default: stepvar.png / stepvar.mp4]")] = None,
     model: ModelOpt = None, weights: WeightsOpt = None, vae: VaeOpt = None, text_encoder: TextEncOpt = None,
     resolution: ResOpt = None, aspect: AspectOpt = None, size: SizeOpt = None,
     seed: SeedOpt = 0, cfg: CfgOpt = None, tau: TauOpt = None, top_p: TopPOpt = None,
@@ -33,12 +37,20 @@ def generate(
     model_file: ModelFileOpt = None, method_file: MethodFileOpt = None,
     frames: FramesOpt = None, duration: DurationOpt = None,
     cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
+    prompts: PromptsOpt = None, samples: SamplesOpt = None, batch_size: BatchSizeOpt = None, offload: OffloadOpt = "none",
 ) -> None:
-    """Generate one image, or a video with an InfinityStar model."""
+    """Generate one image, a prompt set (--prompts), or a video with an InfinityStar model."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stepvar.models.infinitystar import is_star_preset
 
+    if prompts is not None:
+        return _generate_set(prompt, prompts, out_path, samples, batch_size, offload, model, weights, vae, text_encoder,
+                             resolution, aspect, size, seed, cfg, tau, top_p, method, keep, keep_per_scale, first_scale,
+                             device, dtype, numerics, as_json, model_file, method_file, frames, duration, cfg_drop_from,
+                             skip_last)
+    if prompt is None or samples is not None or batch_size is not None or (offload != "none" and is_star_preset(model)):
+        return run_guarded(lambda: _refuse_usage(prompt, samples, batch_size, offload, model))
     if is_star_preset(model):
         return _generate_video(prompt, out_path or Path("stepvar.mp4"), model, weights, vae, text_encoder, resolution,
                                seed, cfg, tau, (method, keep, keep_per_scale, first_scale, method_file, cfg_drop_from,
@@ -48,6 +60,7 @@ def generate(
     from stepvar.errors import ConfigError
     from stepvar.io import check_image_outputs, save_image_with_sidecar
     from stepvar.models.blocks import NUMERICS
+    from stepvar.offload import check_offload
     from stepvar.pipeline import load_pipeline
     from stepvar.text import check_prompts
 
@@ -55,6 +68,8 @@ def generate(
         from stepvar.hart_pipeline import is_hart_model
 
         if is_hart_model(model):
+            if offload != "none":
+                raise StepvarError(f"--offload is for the Infinity family; {model} does not take it")
             return _generate_hart(prompt, out_path, model, weights, vae, text_encoder, resolution, aspect, size, seed, cfg,
                                   tau, top_p, make_method(method, keep, keep_per_scale, first_scale, None, cfg_drop_from,
                                                           skip_last), device, as_json)
@@ -63,13 +78,14 @@ def generate(
             raise StepvarError(f"--frames / --duration are for video models (infinitystar-*); "
                                f"{model or 'the default model'} makes images")
         check_prompts([prompt])
+        check_offload(offload)
         check_image_outputs(out_path)  # the image and its .json sidecar: neither is written unless both can be
         if numerics not in NUMERICS:
             raise ConfigError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
         chosen = preset_from_options(model, model_file)
         sampling = sampling_options(chosen, cfg, tau, top_p, seed)
         pruner = make_method(method, keep, keep_per_scale, first_scale, method_file, cfg_drop_from, skip_last)
-        pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype, numerics=numerics)
+        pipe = load_pipeline(chosen, weights, vae, text_encoder, device, dtype, numerics=numerics, offload=offload)
         pipe.check_prompts([prompt])
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         pipe.check_schedule(schedule)
@@ -90,6 +106,85 @@ def generate(
             out.print(plain(f"wrote {out_path} ({schedule.pixel_size[1]}x{schedule.pixel_size[0]}, {pruner.name}, seed {seed}) "
                             f"in {t['total_s']:.2f}s (transformer {t['transformer_s']:.2f}s, decode {t['decode_s']:.2f}s); "
                             f"settings in {sidecar}"))
+
+    run_guarded(body)
+
+
+def _refuse_usage(prompt, samples, batch_size, offload, model) -> None:
+    if prompt is None:
+        raise StepvarError("give --prompt TEXT (one image) or --prompts FILE (a prompt set)")
+    if samples is not None or batch_size is not None:
+        raise StepvarError("--samples and --batch-size go with --prompts FILE")
+    raise StepvarError(f"--offload is for the Infinity family; {model} does not take it")
+
+
+def _generate_set(prompt, prompts_file, out_dir, samples, batch_size, offload, model, weights, vae, text_encoder, resolution,
+                  aspect, size, seed, cfg, tau, top_p, method, keep, keep_per_scale, first_scale, device, dtype, numerics,
+                  as_json, model_file, method_file, frames, duration, cfg_drop_from=None, skip_last=None) -> None:
+    """A prompt set into a directory (stepvar.batch_generate does the work; under torchrun, this rank's share)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from stepvar import distributed
+    from stepvar.batch_generate import check_job, run_prompt_set
+    from stepvar.errors import ConfigError
+    from stepvar.hart_pipeline import is_hart_model
+    from stepvar.models.blocks import NUMERICS
+    from stepvar.models.infinitystar import is_star_preset
+    from stepvar.offload import check_offload
+    from stepvar.pipeline import load_pipeline
+    from stepvar.prompt_sets import read_prompt_set
+
+    ranks = None
+
+    def body():
+        nonlocal ranks
+        # Everything is checked before any rank starts, any weights load or anything is written.
+        if prompt is not None:
+            raise StepvarError("give either --prompt TEXT or --prompts FILE, not both")
+        if out_dir is None:
+            raise StepvarError("--prompts needs --out DIR (the output directory)")
+        if is_star_preset(model) or is_hart_model(model):
+            raise StepvarError(f"--prompts is for the Infinity family; {model} makes one output per call")
+        if frames is not None or duration is not None:
+            raise StepvarError("--frames / --duration are for video models (infinitystar-*)")
+        if numerics not in NUMERICS:
+            raise ConfigError(f"--numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        chosen_offload = check_offload(offload)
+        entries = read_prompt_set(prompts_file)
+        job = check_job(prompts_file, entries, out_dir, 1 if samples is None else samples,
+                        1 if batch_size is None else batch_size, seed)
+        chosen = preset_from_options(model, model_file)
+        sampling = sampling_options(chosen, cfg, tau, top_p, seed)
+        pruner = make_method(method, keep, keep_per_scale, first_scale, method_file, cfg_drop_from, skip_last)
+        ranks = distributed.from_environment(device)
+        pipe = load_pipeline(chosen, weights, vae, text_encoder, ranks.device(device), dtype, numerics=numerics,
+                             offload=chosen_offload)
+        pipe.check_prompts([e.prompt for e in entries])
+        schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
+        pipe.check_schedule(schedule)
+        sampling.validate(len(schedule))
+        pruner.validate(schedule, len(pipe.model.blocks))
+        talk = ranks.is_main and not as_json
+        if not pipe.trained and talk:
+            err.print(note(f"model {pipe.preset.name} is {pipe.status}: the images show the architecture running, not a trained result"))
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True,
+                      disable=not talk or not err.is_terminal) as bar:
+            where = f"rank 0 of {ranks.world}: " if ranks.world > 1 else ""
+            task = bar.add_task(f"{where}{pruner.name} {schedule.pixel_size[1]}x{schedule.pixel_size[0]}", total=None)
+            result = run_prompt_set(job, pipe, schedule, pruner, sampling, ranks,
+                                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                    on_note=lambda msg: err.print(note(msg)) if talk else None)
+        ranks.close()
+        if not ranks.is_main:
+            return
+        summary = result.summary
+        if as_json:
+            print(json.dumps({"out": str(out_dir), "manifest": str(out_dir / "manifest.json"), **summary}, default=str))
+        else:
+            out.print(plain(f"{out_dir}: {summary['complete']}/{summary['images']} images ({summary['generated_this_run']} made now "
+                            f"by {ranks.world} rank(s), {summary['skipped_as_complete']} already there) in "
+                            f"{summary['seconds_this_run']:.1f}s; settings in {out_dir / 'manifest.json'}"))
 
     run_guarded(body)
 

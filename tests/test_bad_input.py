@@ -59,6 +59,15 @@ def fx(tmp_path_factory) -> Path:
     (d / "badutf8.txt").write_bytes(b"a red circle\na gr\xe9en square\n")
     (d / "grammar.txt").write_text("a red circle\nfly me to the moon\n")
     (d / "empty.txt").write_text("# only a comment\n\n")
+    (d / "empty.jsonl").write_text("\n\n")
+    (d / "set.txt").write_text("a red circle\n")
+    (d / "set.jsonl").write_text('{"prompt": "a red circle", "tag": "single_object"}\n')
+    (d / "torn.jsonl").write_text('{"prompt": "a red circle"}\n{"prompt": "two blue squares"\n')
+    (d / "noprompt.jsonl").write_text('{"prompt": "a red circle"}\n{"tag": "colors"}\n')
+    (d / "array.jsonl").write_text('["a red circle"]\n')
+    (d / "grammar.jsonl").write_text('{"prompt": "fly me to the moon"}\n')
+    (d / "other_set").mkdir()  # an output folder made from another prompt set
+    (d / "other_set" / "manifest.json").write_text(json.dumps({"prompts_sha256": "0" * 64, "seed": 0, "settings": {}}))
     (d / "evil.yaml").write_text("method: !!python/object/apply:os.system ['echo pwned']\n")
     (d / "broken.yaml").write_text("method: stepvar\nkeep: [0.4\n")
     (d / "list.yaml").write_text("- a\n- b\n")
@@ -176,6 +185,26 @@ CASES: list[tuple[str, list[str]]] = [
     ("gen-out-missing-dir", ["generate", "-p", "a red circle", "--out", "{out}/no/x.png"]),
     ("gen-out-under-file", ["generate", "-p", "a red circle", "--out", "{out}/afile/x.png"]),
     ("gen-out-markup-path", ["generate", "-p", "a red circle", "--out", "{out}/[/x]/x.png"]),
+    # ---- generate: prompt sets
+    ("set-empty-txt", ["generate", "--prompts", "{fx}/empty.txt", "--out", "{out}/set"]),
+    ("set-empty-jsonl", ["generate", "--prompts", "{fx}/empty.jsonl", "--out", "{out}/set"]),
+    ("set-jsonl-torn-line", ["generate", "--prompts", "{fx}/torn.jsonl", "--out", "{out}/set"]),
+    ("set-jsonl-no-prompt", ["generate", "--prompts", "{fx}/noprompt.jsonl", "--out", "{out}/set"]),
+    ("set-jsonl-array", ["generate", "--prompts", "{fx}/array.jsonl", "--out", "{out}/set"]),
+    ("set-jsonl-grammar", ["generate", "--prompts", "{fx}/grammar.jsonl", "--out", "{out}/set"]),
+    ("set-missing-file", ["generate", "--prompts", "{fx}/nope.txt", "--out", "{out}/set"]),
+    ("set-fifo", ["generate", "--prompts", "{fx}/fifo", "--out", "{out}/set"]),
+    ("set-utf16", ["generate", "--prompts", "{fx}/utf16.txt", "--out", "{out}/set"]),
+    ("set-samples-0", ["generate", "--prompts", "{fx}/set.txt", "--samples", "0", "--out", "{out}/set"]),
+    ("set-batch-size-0", ["generate", "--prompts", "{fx}/set.txt", "--batch-size", "0", "--out", "{out}/set"]),
+    ("set-and-prompt", ["generate", "--prompts", "{fx}/set.txt", "--prompt", "a red circle", "--out", "{out}/set"]),
+    ("set-no-out", ["generate", "--prompts", "{fx}/set.txt"]),
+    ("set-out-is-file", ["generate", "--prompts", "{fx}/set.jsonl", "--out", "{out}/afile"]),
+    ("set-other-settings", ["generate", "--prompts", "{fx}/set.txt", "--out", "{fx}/other_set"]),
+    ("set-samples-without-set", ["generate", "-p", "a red circle", "--samples", "2"]),
+    ("set-offload-bogus", ["generate", "--prompts", "{fx}/set.txt", "--offload", "gpu", "--out", "{out}/set"]),
+    ("gen-offload-bogus", ["generate", "-p", "a red circle", "--offload", "disk"]),
+    ("set-video-model", ["generate", "--prompts", "{fx}/set.txt", "-m", "infinitystar-tiny", "--out", "{out}/set"]),
     # ---- inspect
     ("inspect-missing", ["inspect", "{fx}/nope.pth"]),
     ("inspect-fifo", ["inspect", "{fx}/fifo"]),
@@ -407,8 +436,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_241_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """241 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_260_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """260 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -426,7 +455,7 @@ def test_bad_input_table_241_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 241 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 260 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------
