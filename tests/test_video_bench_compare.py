@@ -1,8 +1,6 @@
 """bench and compare with video models: FLOP rows and bounds for the 8B settings, a measured same-run
 timing and a compare (per-frame fidelity, temporal consistency, side-by-side MP4) on small random parts."""
 
-from dataclasses import replace
-
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -11,31 +9,11 @@ from typer.testing import CliRunner
 
 from stepvar.eval.video_bench import flop_rows, measure
 from stepvar.eval.video_compare import frame_fidelity, run_video_compare, side_by_side, temporal_agreement
-from stepvar.loading.infinitystar import load_video_vae
-from stepvar.models.infinitystar import InfinityStar, init_random_, star_preset
-from stepvar.models.video_vae import VideoVAEConfig
-from stepvar.text import HashTextEncoder
-from stepvar.video_pipeline import VideoPipeline
 from stepvar.video_sampling import StarSampling
-from stepvar.video_schedules import RESOLUTIONS
 from stepvar_cli.app import app
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def small_pipe():
-    cfg = replace(star_preset("infinitystar-tiny"), name="small", width=64, heads=2, kv_heads=1, depth=2,
-                  block_chunks=1, text_channels=32)
-    model = init_random_(InfinityStar(cfg), seed=1).eval()
-    vae, _ = load_video_vae(None, cfg=VideoVAEConfig(block_out_channels=(8, 16, 16, 16, 16)))
-    return VideoPipeline("small", model, vae, HashTextEncoder(32), RESOLUTIONS["256"], torch.device("cpu"), False)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flop_rows_720p_and_480p():

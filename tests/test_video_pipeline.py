@@ -1,32 +1,13 @@
 """Text-to-video end to end on small random components: frames, record, MP4 that reads back."""
 
-from dataclasses import replace
-
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
 from stepvar.errors import ConfigError, StepvarError
-from stepvar.loading.infinitystar import load_video_vae
-from stepvar.models.infinitystar import InfinityStar, init_random_, star_preset
-from stepvar.models.video_vae import VideoVAEConfig
-from stepvar.text import HashTextEncoder
-from stepvar.video_pipeline import VideoPipeline, load_video_pipeline, write_mp4
+from stepvar.video_pipeline import load_video_pipeline, write_mp4
 from stepvar.video_sampling import StarSampling
-from stepvar.video_schedules import RESOLUTIONS
-
-
-@pytest.fixture(scope="module")
-def small_pipe():
-    """The tiny preset's schedule with a narrow model and VAE (same code paths, a fraction of the compute)."""
-    cfg = replace(star_preset("infinitystar-tiny"), name="small", width=64, heads=2, kv_heads=1, depth=2,
-                  block_chunks=1, text_channels=32)
-    model = init_random_(InfinityStar(cfg), seed=1).eval()
-    vae, _ = load_video_vae(None, cfg=VideoVAEConfig(block_out_channels=(8, 16, 16, 16, 16)))
-    return VideoPipeline("small", model, vae, HashTextEncoder(32), RESOLUTIONS["256"], torch.device("cpu"), False)
-
-
 
 
 @pytest.mark.slow
