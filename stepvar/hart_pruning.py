@@ -31,7 +31,7 @@ from .errors import ConfigError
 from .models.hart import HartTransformer, KVCache
 from .pruning.base import Dense, Pruner, gather_rows
 from .pruning.fastvar import FastVAR
-from .pruning.plan import dense_layer_split, resolve_keep
+from .pruning.plan import dense_layer_split, resolve_indices, resolve_keep
 from .pruning.propagation import nearest_kept, propagate, scatter_kept
 from .pruning.scores import (dc_score, joint_score, keep_count, normalize_score, select_topk, structure_score,
                              texture_score)
@@ -53,23 +53,11 @@ class HartPlan:
 
 
 def _resolve_steps(spec, first_scale, patch_nums) -> list[int]:
+    """Pruned steps 1..n-1: HART's step 0 is the text, never pruned."""
     n = len(patch_nums)
-    if spec is not None and first_scale is not None:
-        raise ConfigError("give either scales or first_scale, not both")
-    if first_scale is not None:
-        fs = first_scale + n if first_scale < 0 else first_scale
-        if not 1 <= fs < n:
-            raise ConfigError(f"first pruned scale {first_scale} is outside HART's image steps 1..{n - 1}")
-        return list(range(fs, n))
-    if spec is None:
-        return [i for i, p in enumerate(patch_nums) if i >= 1 and 2 * p >= patch_nums[-1]]
-    out = []
-    for si in spec:
-        idx = si + n if si < 0 else si
-        if not 1 <= idx < n:
-            raise ConfigError(f"cannot prune scale {si}: HART's image steps are 1..{n - 1} (step 0 is the text)")
-        out.append(idx)
-    return sorted(set(out))
+    return resolve_indices(spec, first_scale, n,
+                           lambda: [i for i, p in enumerate(patch_nums) if i >= 1 and 2 * p >= patch_nums[-1]], 1,
+                           f"HART's image steps 1..{n - 1}", f"HART's image steps are 1..{n - 1} (step 0 is the text)")
 
 
 def hart_plan(pruner: Pruner, patch_nums, depth: int) -> HartPlan | None:

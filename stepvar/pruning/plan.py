@@ -107,20 +107,28 @@ def default_pruned_scales(schedule: ScaleSchedule) -> list[int]:
 def resolve_scales(spec: list[int] | None, first_scale: int | None, schedule: ScaleSchedule) -> list[int]:
     """Explicit indices, or everything from first_scale on, or the default rule."""
     n = len(schedule)
+    return resolve_indices(spec, first_scale, n, lambda: default_pruned_scales(schedule), 0,
+                           f"this schedule's scales 0..{n - 1}",
+                           f"this schedule has scales 0..{n - 1} ({schedule.describe()})")
+
+
+def resolve_indices(spec: list[int] | None, first_scale: int | None, n: int, default, lowest: int,
+                    range_text: str, has_text: str) -> list[int]:
+    """Scale indices lowest..n-1 from explicit (possibly negative) indices, a first scale, or default()."""
     if spec is not None and first_scale is not None:
         raise ConfigError("give either scales or first_scale, not both")
     if first_scale is not None:
         fs = first_scale + n if first_scale < 0 else first_scale
-        if not 0 <= fs < n:
-            raise ConfigError(f"first pruned scale {first_scale} is outside this schedule's scales 0..{n - 1}")
+        if not lowest <= fs < n:
+            raise ConfigError(f"first pruned scale {first_scale} is outside {range_text}")
         return list(range(fs, n))
     if spec is None:
-        return default_pruned_scales(schedule)
+        return default()
     out = []
     for si in spec:
         idx = si + n if si < 0 else si
-        if not 0 <= idx < n:
-            raise ConfigError(f"cannot prune scale {si}: this schedule has scales 0..{n - 1} ({schedule.describe()})")
+        if not lowest <= idx < n:
+            raise ConfigError(f"cannot prune scale {si}: {has_text}")
         out.append(idx)
     return sorted(set(out))
 
