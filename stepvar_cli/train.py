@@ -155,6 +155,28 @@ def latents_cmd(out_file: Annotated[Path, typer.Option("--out", "-o", help="The 
     run_guarded(body)
 
 
+@train_app.command("merge-latents")
+def merge_latents_cmd(pools: Annotated[list[Path], typer.Argument(help="Pools made by `stepvar train latents` with one VAE, image size and layout.")],
+                      out_file: Annotated[Path, typer.Option("--out", "-o", help="The merged pool file to write (safetensors).")],
+                      as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Join pools into one (e.g. more scenes at 512 px beside an existing pool), for `train gpt --latents/--mix-latents`."""
+
+    def body():
+        from stepvar.io import check_output_path
+        from stepvar.training.latent_pool import load_latent_pool, merge_latent_pools, save_latent_pool
+
+        check_output_path(out_file)
+        pool = merge_latent_pools([load_latent_pool(p) for p in pools])
+        save_latent_pool(pool, out_file)
+        if as_json:
+            out.print_json(data={"path": str(out_file), "scenes": len(pool), "image_size": pool.image_size,
+                                 "layout": pool.layout, "encoder_sha256": pool.encoder_sha256})
+        else:
+            out.print(plain(f"{len(pool)} scenes -> {out_file}"))
+
+    run_guarded(body)
+
+
 @train_app.command("export")
 def export_cmd(checkpoint: Annotated[Path, typer.Argument(help="A transformer run directory or checkpoint.")],
                out_dir: RunDirOpt,

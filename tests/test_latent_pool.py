@@ -116,3 +116,18 @@ def test_pool_records_its_layout_and_a_run_must_match(tmp_path):
         GPTJob(tiny_gpt_cfg(latents=str(path), layout="free"), tiny_vae())
     with pytest.raises(ConfigError, match="unknown layout"):
         build_latent_pool(tiny_vae(), 1, layout="grid")
+
+
+def test_merged_pool_holds_every_scene_in_order_and_refuses_mixed_kinds(pool_file, tmp_path):
+    other = tmp_path / "other.safetensors"
+    save_latent_pool(build_latent_pool(tiny_vae(), 3, seed=9, chunk=2), other)
+    out = tmp_path / "merged.safetensors"
+    res = CliRunner().invoke(app, ["train", "merge-latents", str(pool_file), str(other), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    a, b, m = load_latent_pool(pool_file), load_latent_pool(other), load_latent_pool(out, tiny_vae())
+    assert m.prompts == a.prompts + b.prompts and torch.equal(m.z, torch.cat([a.z, b.z]))
+    assert (m.seed, m.image_size, m.layout) == (a.seed, a.image_size, a.layout)
+    slots = tmp_path / "slots.safetensors"
+    save_latent_pool(build_latent_pool(tiny_vae(), 2, seed=4, layout="slots"), slots)
+    res = CliRunner().invoke(app, ["train", "merge-latents", str(pool_file), str(slots), "--out", str(tmp_path / "x.safetensors")])
+    assert res.exit_code == 2 and "layout slots" in res.output and not (tmp_path / "x.safetensors").exists()

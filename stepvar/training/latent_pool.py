@@ -86,6 +86,21 @@ def build_latent_pool(vae: BSQVAE, n: int, seed: int = 0, size: int = 256, chunk
     return LatentPool(prompts, torch.cat(zs), seed, size, encoder_fingerprint(vae), layout)
 
 
+def merge_latent_pools(pools: list[LatentPool]) -> LatentPool:
+    """One pool holding every scene of `pools`, in order; they must share image size, layout and
+    encoder (a pool's seed reproduces only its own scenes, so the merged pool records the first's)."""
+    if not pools:
+        raise ConfigError("merging latent pools needs at least one pool")
+    first = pools[0]
+    for i, p in enumerate(pools[1:], 2):
+        for what, a, b in (("image size", first.image_size, p.image_size), ("layout", first.layout, p.layout),
+                           ("encoder", first.encoder_sha256[:12], p.encoder_sha256[:12])):
+            if a != b:
+                raise ConfigError(f"latent pool {i} has {what} {b}, pool 1 has {a}: only pools of one kind can be merged")
+    return LatentPool([q for p in pools for q in p.prompts], torch.cat([p.z for p in pools]), first.seed,
+                      first.image_size, first.encoder_sha256, first.layout)
+
+
 def save_latent_pool(pool: LatentPool, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
