@@ -162,10 +162,12 @@ def video_plan(pruner: Pruner, schedule: StarSchedule, depth: int) -> PruningPla
     if referenced & set(plan.skipped):
         raise ConfigError(f"{pruner.name}: cannot skip scale(s) {sorted(referenced & set(plan.skipped))}: "
                           "a later clip reads their keys and values")
-    if isinstance(pruner, StepVAR) and pruner.config.restore in ("idw", "cached_idw"):
-        video = [si for si in plan.kept if plan.prunes(si) and schedule.scales[si].t > 1]
+    if isinstance(pruner, StepVAR):
+        rule_of = {si: pruner.restoration.rule_for(schedule.scales[si].h, schedule.scales[si].w) for si in plan.kept
+                   if plan.prunes(si) and schedule.scales[si].t > 1}
+        video = [si for si, rule in rule_of.items() if rule in ("idw", "cached_idw")]
         if video:
-            raise ConfigError(f"{pruner.name}: restore {pruner.config.restore} works on image grids only; "
+            raise ConfigError(f"{pruner.name}: restore {rule_of[video[0]]} works on image grids only; "
                               f"scales {video} are video scales (use nearest, cached or cached_nearest)")
     dense_kv = sorted(si for si in plan.kept if si in referenced and plan.prunes(si))
     if dense_kv:

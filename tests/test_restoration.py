@@ -119,6 +119,42 @@ def test_every_rule_matches_its_per_token_reference(rule, h, w, l):
     torch.testing.assert_close(R.gather_rows(got, idx), delta, rtol=0, atol=0)  # kept positions: exactly their own
 
 
+@pytest.mark.parametrize("narrow,wide", [("cached", "nearest"), ("nearest", "cached_idw"), ("idw", "cached_nearest")])
+def test_rule_by_grid_width_is_restore_below_wide_from_and_restore_wide_from_it(narrow, wide):
+    """Each grid gets exactly one rule's per-token reference: restore below wide_from tokens a side, restore_wide from it."""
+    B, C = 2, 5
+    prev_grid = (8, 8)
+    prev = torch.randn(B, 64, C, generator=_gen(6))
+    rest = R.Restoration(narrow, neighbours=3, power=1.5, restore_wide=wide, wide_from=12)
+    for (h, w), rule in (((10, 10), narrow), ((11, 12), wide), ((12, 9), wide), ((6, 11), narrow)):
+        idx = _kept(B, h, w, (h * w) // 3, seed=h * w)
+        delta = torch.randn(B, idx.shape[1], C, generator=_gen(h + w))
+        rest.record(prev_grid, [prev])
+        got = rest.for_scale(idx, h, w).update(delta)
+        assert rest.rule_for(h, w) == rule
+        want = ref_update(rule, delta, idx, h, w, ref_area_resize(prev, prev_grid, (h, w)).float(), k=3, power=1.5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rule_by_width_equals_the_single_rule_its_grids_use_and_records_only_when_read(tiny_pipe):
+    """On the 0.25M schedule (pruned grids 24 and 32 a side) cached-below-20/nearest-from-20 is plain nearest,
+    bit for bit, and records no update map; with wide_from 40 it is plain cached."""
+    sched, sampling = tiny_pipe.schedule("0.25M"), SamplingConfig(seed=5)
+
+    def run(**kw):
+        pr = make_pruner("stepvar", keep=0.4, scales=[-2, -1], **kw)
+        return pr, tiny_pipe.generate("a red circle", sched, pr, sampling).sample.latent_BdHW
+
+    _, nearest = run(restore="nearest")
+    _, cached = run(restore="cached")
+    pr, both = run(restore="cached", restore_wide="nearest", wide_from=20)
+    assert torch.equal(both, nearest) and pr.restoration.record_maps is None
+    pr, both = run(restore="cached", restore_wide="nearest", wide_from=40)
+    assert torch.equal(both, cached) and pr.restoration.record_maps is not None
+    pr, mixed = run(restore="cached", restore_wide="nearest", wide_from=32)  # 24: cached, 32: nearest
+    assert not torch.equal(mixed, nearest) and not torch.equal(mixed, cached)
+
+
 def test_nearest_rule_is_the_existing_propagation():
     from stepvar.pruning.propagation import nearest_kept, propagate
 
@@ -156,34 +192,37 @@ def dense_run(tiny_pipe):
 @pytest.mark.parametrize("kv", ["kept", "restored"])
 @pytest.mark.parametrize("rule", RULES)
 def test_keep_one_reproduces_dense_exactly_for_every_rule(tiny_pipe, dense_run, rule, kv):
-    pr = make_pruner("stepvar", keep=1.0, restore=rule, kv=kv)
-    r = tiny_pipe.generate("a red circle", tiny_pipe.schedule("0.25M"), pr, SamplingConfig(seed=5))
-    assert np.array_equal(r.images, dense_run.images)
-    assert torch.equal(r.sample.latent_BdHW, dense_run.sample.latent_BdHW)
+    for wide in (None, "cached" if rule == "nearest" else "nearest"):
+        pr = make_pruner("stepvar", keep=1.0, restore=rule, kv=kv, restore_wide=wide, wide_from=20)
+        r = tiny_pipe.generate("a red circle", tiny_pipe.schedule("0.25M"), pr, SamplingConfig(seed=5))
+        assert np.array_equal(r.images, dense_run.images)
+        assert torch.equal(r.sample.latent_BdHW, dense_run.sample.latent_BdHW)
 
 
-@pytest.mark.parametrize("rule,kv,cache_from,prefix", [
-    ("nearest", "restored", "previous", 0), ("cached", "kept", "previous", 0), ("cached", "kept", "dense", 0),
-    ("cached_nearest", "restored", "previous", 0), ("idw", "kept", "previous", 0),
-    ("cached_idw", "restored", "dense", 1), ("cached_nearest", "kept", "previous", 1)])
-def test_generation_with_per_token_restoration_matches_the_engine(tiny_pipe, monkeypatch, rule, kv, cache_from, prefix):
+@pytest.mark.parametrize("rule,kv,cache_from,prefix,wide", [
+    ("nearest", "restored", "previous", 0, None), ("cached", "kept", "previous", 0, None), ("cached", "kept", "dense", 0, None),
+    ("cached_nearest", "restored", "previous", 0, None), ("idw", "kept", "previous", 0, None),
+    ("cached_idw", "restored", "dense", 1, None), ("cached_nearest", "kept", "previous", 1, None),
+    ("cached", "kept", "previous", 0, "nearest"), ("nearest", "restored", "previous", 0, "cached_idw")])
+def test_generation_with_per_token_restoration_matches_the_engine(tiny_pipe, monkeypatch, rule, kv, cache_from, prefix, wide):
     """The whole pruned generation again, with every restored update and every filled key/value computed per token."""
     sched = tiny_pipe.schedule("0.06M")
     sampling = SamplingConfig(seed=3)
 
     def make():
         return make_pruner("stepvar", keep=0.4, restore=rule, kv=kv, cache_from=cache_from, neighbours=3,
-                           dense_prefix=prefix, dense_suffix=prefix)
+                           dense_prefix=prefix, dense_suffix=prefix, restore_wide=wide, wide_from=12)
 
     fast = tiny_pipe.generate("x", sched, make(), sampling, decode=False, keep_hidden=True)
 
     def slow_update(self, delta_BlC, step=None):
         maps = self.owner.record_maps
         base = None
-        if self.owner.uses_cache:
+        if self.rule.startswith("cached"):
             src = maps[-1] if step is None else maps[step]
             base = ref_area_resize(src[: delta_BlC.shape[0]], self.owner.record_grid, (self.h, self.w)).float()
-        return ref_update(rule, delta_BlC, self.idx_Bl, self.h, self.w, base, k=3)
+        assert self.rule == self.owner.rule_for(self.h, self.w)
+        return ref_update(self.rule, delta_BlC, self.idx_Bl, self.h, self.w, base, k=3)
 
     def slow_fill(run, layer, x_start_BLC, update_BLC, pruned_Bp):
         blk, mod = run.model.blocks[layer], run.cond.mods[layer]
@@ -224,7 +263,8 @@ def test_rules_change_the_output_and_kv_fill_completes_the_cache(tiny_pipe, dens
 
 @pytest.mark.parametrize("bad", [dict(restore="bogus"), dict(kv="all"), dict(cache_from="later"), dict(neighbours=0),
                                  dict(restore="cached", selection="block"), dict(kv="restored", propagate="hidden"),
-                                 dict(restore="cached", first_scale=0)])
+                                 dict(restore="cached", first_scale=0), dict(restore_wide="bogus"), dict(wide_from=0),
+                                 dict(restore_wide="cached", selection="block"), dict(restore_wide="cached", wide_from=1, first_scale=0)])
 def test_bad_restoration_settings_are_config_errors(tiny_pipe, bad):
     with pytest.raises(ConfigError):
         make_pruner("stepvar", keep=0.5, **bad).validate(tiny_pipe.schedule("0.06M"), len(tiny_pipe.model.blocks))

@@ -13,6 +13,11 @@ keeps its own input and is given a restored update, by one of these rules:
 - ``idw``: the inverse-distance-weighted mean of the updates of its k nearest kept tokens;
 - ``cached_idw``: the cached update plus the inverse-distance-weighted corrections.
 
+``restore_wide`` names a second rule for grids at least ``wide_from`` tokens a side: which
+rule keeps the picture depends on how large a token is against the objects it draws (a grid
+where one token is a large share of an object takes the previous scale's smoothed update; a
+finer grid takes its own kept tokens'), so one preset can serve several resolutions.
+
 Kept positions always keep their own update. The update map that the cached rules read is
 recorded by the engine at every scale (``cache_from: previous``) or only at unpruned scales
 (``cache_from: dense``, FastVAR's choice of a dense cache scale).
@@ -96,7 +101,7 @@ class ScaleRestorer:
     def __init__(self, owner: "Restoration", idx_Bl: torch.Tensor, h: int, w: int, cached: list | None, t: int = 1):
         self.owner, self.idx_Bl, self.h, self.w = owner, idx_Bl, h, w
         self.cached = cached  # area-resized cached update maps: [final] or one per pruned layer + final
-        rule = owner.restore
+        self.rule = rule = owner.rule_for(h, w)
         self.nn_BL = (nearest_kept_grid(idx_Bl, (t, h, w), metric=owner.metric, time_weight=owner.time_weight)
                       if rule in ("nearest", "cached_nearest") else None)
         if rule in ("idw", "cached_idw") and t > 1:
@@ -108,7 +113,7 @@ class ScaleRestorer:
 
     def update(self, delta_BlC: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """The dense (B, L, C) update from the kept tokens' updates; step = pruned layers run so far (None: all)."""
-        rule = self.owner.restore
+        rule = self.rule
         if rule == "nearest":
             return propagate(delta_BlC, self.nn_BL)
         if rule == "idw":
@@ -125,22 +130,32 @@ class Restoration:
     """A restoration rule plus the per-generation record of update maps that the cached rules read."""
 
     def __init__(self, restore: str = "nearest", neighbours: int = 4, power: float = 2.0, cache_from: str = "previous",
-                 kv: str = "kept", metric: str = "euclidean", time_weight: float | None = None):
+                 kv: str = "kept", metric: str = "euclidean", time_weight: float | None = None,
+                 restore_wide: str | None = None, wide_from: int = 20):
         for name, value, allowed in (("restore", restore, RESTORES), ("cache_from", cache_from, CACHE_FROM),
-                                     ("kv", kv, KV_FILL)):
+                                     ("kv", kv, KV_FILL), ("restore_wide", restore_wide, RESTORES + (None,))):
             if value not in allowed:
-                raise ConfigError(f"stepvar {name} must be one of {', '.join(allowed)}, got {value!r}")
+                raise ConfigError(f"stepvar {name} must be one of {', '.join(a for a in allowed if a)}, got {value!r}")
         if neighbours < 1:
             raise ConfigError(f"neighbours must be >= 1, got {neighbours}")
         if power < 0:
             raise ConfigError(f"idw_power must be >= 0, got {power}")
+        if isinstance(wide_from, bool) or not isinstance(wide_from, int) or wide_from < 1:
+            raise ConfigError(f"wide_from must be a grid side >= 1 (tokens), got {wide_from!r}")
         self.restore, self.neighbours, self.power = restore, int(neighbours), float(power)
         self.cache_from, self.kv, self.metric, self.time_weight = cache_from, kv, metric, time_weight
+        self.restore_wide, self.wide_from = restore_wide, wide_from
+        self.cache_live = self.uses_cache  # narrowed by check_plan to the rules the plan's grids use
         self.begin()
+
+    def rule_for(self, h: int, w: int) -> str:
+        """The rule for a pruned h x w grid: restore_wide from wide_from tokens a side on, else restore."""
+        return self.restore_wide if self.restore_wide is not None and max(h, w) >= self.wide_from else self.restore
 
     @property
     def uses_cache(self) -> bool:
-        return self.restore.startswith("cached")
+        """Some grid may read the recorded update maps (for a given plan: cache_live)."""
+        return any(r is not None and r.startswith("cached") for r in (self.restore, self.restore_wide))
 
     @property
     def fills_kv(self) -> bool:
@@ -150,12 +165,15 @@ class Restoration:
         self.record_grid: tuple[int, ...] | None = None
         self.record_maps: list[torch.Tensor] | None = None
 
-    def check_plan(self, pruned: list[int]) -> None:
-        if self.uses_cache and pruned and min(pruned) == 0:
-            raise ConfigError(f"restore {self.restore} reads the previous scale's update: scale 0 cannot be pruned with it")
+    def check_plan(self, pruned: dict[int, tuple[int, int]]) -> None:
+        """pruned: scale index -> (h, w) of every pruned scale. Decides whether any update map must be recorded."""
+        rules = {si: self.rule_for(*hw) for si, hw in pruned.items()}
+        if 0 in rules and rules[0].startswith("cached"):
+            raise ConfigError(f"restore {rules[0]} reads the previous scale's update: scale 0 cannot be pruned with it")
+        self.cache_live = any(r.startswith("cached") for r in rules.values())
 
     def wants_record(self, pruned: bool) -> bool:
-        return self.uses_cache and (self.cache_from == "previous" or not pruned)
+        return self.cache_live and (self.cache_from == "previous" or not pruned)
 
     def record(self, grid: tuple[int, ...], maps: list[torch.Tensor]) -> None:
         """Keep a scale's update maps: the cumulative update before each pruned layer (if kv fill needs them), then the total."""
@@ -163,7 +181,7 @@ class Restoration:
 
     def for_scale(self, idx_Bl: torch.Tensor, h: int, w: int, t: int = 1) -> ScaleRestorer:
         cached = None
-        if self.uses_cache:
+        if self.rule_for(h, w).startswith("cached"):
             if self.record_maps is None:
                 raise ConfigError(f"restore {self.restore}: no earlier scale's update was recorded")
             # The sampler may have dropped the unconditional rows since the recorded scale; the

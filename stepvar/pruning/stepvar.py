@@ -55,6 +55,8 @@ class StepVARConfig:
     # How pruned positions get their update, with propagate "residual" and selection "scale"
     # (restoration.py): nearest | cached | cached_nearest | idw | cached_idw.
     restore: str = "nearest"
+    restore_wide: str | None = None  # a second rule for grids at least wide_from tokens a side (None: restore everywhere)
+    wide_from: int = 20
     neighbours: int = 4  # idw rules: kept neighbours mixed
     idw_power: float = 2.0  # idw rules: weight = distance ** -idw_power
     cache_from: str = "previous"  # cached rules: previous (every scale's update) | dense (the last unpruned scale's)
@@ -77,7 +79,7 @@ class StepVARConfig:
         check_time_weight(self.time_weight)
         if self.power_iters < 1:
             raise ConfigError(f"power_iters must be >= 1, got {self.power_iters}")
-        if (self.restore != "nearest" or self.kv != "kept") and (self.selection != "scale" or self.propagate != "residual"):
+        if (self.restore != "nearest" or self.restore_wide not in (None, "nearest") or self.kv != "kept") and (self.selection != "scale" or self.propagate != "residual"):
             raise ConfigError("restore and kv options other than nearest/kept need selection scale and propagate residual")
 
 
@@ -89,14 +91,15 @@ class StepVAR(Pruner):
         super().__init__(config, name)
         self.config.check()
         c = self.config
-        self.restoration = Restoration(c.restore, c.neighbours, c.idw_power, c.cache_from, c.kv, c.metric, c.time_weight)
+        self.restoration = Restoration(c.restore, c.neighbours, c.idw_power, c.cache_from, c.kv, c.metric, c.time_weight,
+                                       c.restore_wide, c.wide_from)
 
     # ---- planning --------------------------------------------------------------------
     def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
         c = self.config
         scales = resolve_scales(c.scales, c.first_scale, schedule)
         keep = resolve_keep(c.keep, scales)
-        self.restoration.check_plan(sorted(keep))
+        self.restoration.check_plan({si: (schedule.scales[si].h, schedule.scales[si].w) for si in keep})
         kept = {si: keep_count(schedule.scales[si].n, k, rounding=c.rounding) for si, k in keep.items()}
         layers = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
         filled = {si: schedule.scales[si].n - k for si, k in kept.items()} if self.restoration.fills_kv else {}
