@@ -74,6 +74,7 @@ def bench(
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", as_json: JsonOpt = False,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Video models: pixel frames (16 per second + 1). [default: 81, 5 s]")] = None,
     cfg_drop_from: CfgDropOpt = None, skip_last: SkipLastOpt = None,
+    decode: Annotated[bool, typer.Option("--decode/--no-decode", help="Time the VAE decode (the same for every method). --no-decode times text + transformer loop only: most of a 1024 px run on a CPU is the decode.")] = True,
 ) -> None:
     """Time, memory and FLOPs of every method x keep, interleaved in one process. Exit 3 if a configuration failed."""
     from stepvar.eval.bench import run_bench, save_bench_report
@@ -86,6 +87,10 @@ def bench(
         from stepvar.hart_pipeline import is_hart_model
         from stepvar.models.infinitystar import is_star_preset
 
+        if not decode and (flops_only or is_star_preset(model) or is_hart_model(model)):
+            fail("--no-decode is for timed image benches (infinity and toy models); --flops-only already reports "
+                 "the transformer loop's bound apart" if flops_only else
+                 f"--no-decode is for infinity and toy models; {model} times its own phases")
         if is_star_preset(model):
             return _bench_video(model, resolution, methods_list, keeps, flops_only, repeats, warmup, prompt, seed, cfg,
                                 tau, frames, device, as_json, out_dir)
@@ -116,7 +121,7 @@ def bench(
             try:
                 report = run_bench(pipe, res, methods_list, keeps, batch, repeats, warmup, [text], seed,
                                    out_dir=out_dir, aspect=aspect or "1:1", sampling=sampling,
-                                   on_progress=lambda msg: err.print(plain(msg), highlight=False))
+                                   on_progress=lambda msg: err.print(plain(msg), highlight=False), decode=decode)
             except KeyboardInterrupt:
                 where = f"; finished rows are in {out_dir / 'report.json'}" if out_dir is not None else ""
                 fail(f"interrupted{where}", EXIT_INTERRUPTED)

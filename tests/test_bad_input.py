@@ -356,6 +356,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("bench-prompt-empty", ["bench", "--prompt", "", "--out", "{out}/b"]),
     ("bench-top-p-0", ["bench", "--top-p", "0", "--out", "{out}/b"]),
     ("bench-flops-aspect", ["bench", "--flops-only", "--aspect", "junk", "--out", "{out}/b"]),
+    ("bench-no-decode-flops-only", ["bench", "--flops-only", "--no-decode", "--out", "{out}/b"]),
+    ("bench-no-decode-video", ["bench", "-m", "infinitystar-tiny", "--no-decode", "--out", "{out}/b"]),
+    ("merge-latents-missing-pool", ["train", "merge-latents", "{out}/nope.safetensors", "--out", "{out}/m.safetensors"]),
     ("bench-flops-model-path", ["bench", "--flops-only", "-m", "../x", "--out", "{out}/b"]),
     ("compare-size-junk", ["compare", "-p", "a red circle", "--size", "junk", "--out", "{out}/c"]),
     ("compare-keep-0", ["compare", "-p", "a red circle", "--keep", "0", "--out", "{out}/c"]),
@@ -436,8 +439,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_260_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """260 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_263_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """263 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -455,7 +458,7 @@ def test_bad_input_table_260_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 260 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 263 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------

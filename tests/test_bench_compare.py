@@ -364,3 +364,14 @@ def test_paired_difference_brute_force():
                                                          "b_higher": 0, "n": 0}
     pairs = paired_comparisons(rows, ["dense", "a", "b", "c"])  # c has another keep, dense is the reference
     assert [(p["a"], p["b"], p["keep"]) for p in pairs] == [("a", "b", 0.4)]
+
+
+def test_bench_without_decode_times_text_and_loop_only(tiny_pipe, tmp_path):
+    """--no-decode: no decode time or FLOPs, the setting and a note in the report, loop times as usual."""
+    rep = bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5], repeats=1, warmup=0, out_dir=tmp_path, decode=False)
+    assert rep.settings["decode"] is False and any("--no-decode" in n for n in rep.notes)
+    for row in rep.rows:
+        assert row["flops_decode"] == 0 and row["flops"] == row["flops_transformer"]
+        assert row["decode_s"] < 0.05 * row["transformer_s"] and row["transformer_speedup_vs_dense"] is not None
+    with_decode = bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5], repeats=1, warmup=0)
+    assert all(r["flops_decode"] > 0 for r in with_decode.rows) and with_decode.settings["decode"] is True

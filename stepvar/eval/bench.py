@@ -243,8 +243,11 @@ def run_bench(pipeline, resolutions: Sequence[int], methods: Sequence[str], keep
               batch: int = 1, repeats: int = 3, warmup: int = 2, prompts: Sequence[str] = ("a lighthouse at dawn",),
               seed: int = 0, on_row: Callable[[dict], None] | None = None, out_dir: str | Path | None = None,
               aspect: str = "1:1", sampling: SamplingConfig | None = None,
-              on_progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Benchmark every method x keep at every resolution in this process, interleaved. See the module docstring."""
+              on_progress: Callable[[str], None] | None = None, decode: bool = True) -> BenchReport:
+    """Benchmark every method x keep at every resolution in this process, interleaved. See the module docstring.
+
+    decode=False leaves out the VAE decode (the same work for every method, and most of a
+    1024-px run on a CPU): end-to-end times and FLOP bounds then cover text + transformer only."""
     if repeats < 1 or warmup < 0 or batch < 1:
         raise ConfigError(f"need --repeats >= 1, --warmup >= 0, --batch >= 1 (got {repeats}, {warmup}, {batch})")
     configs = expand_configs(methods, keeps)
@@ -257,9 +260,14 @@ def run_bench(pipeline, resolutions: Sequence[int], methods: Sequence[str], keep
         "resolutions": list(resolutions), "aspect": aspect, "methods": list(methods), "keeps": list(keeps or []),
         "configurations": [c.label for c in configs], "batch": batch, "repeats": repeats, "warmup": warmup,
         "prompts": prompt_list, "seed": seed, "cfg": sampling.cfg, "tau": sampling.tau, "top_p": sampling.top_p,
-        "order": "interleaved: each round runs every configuration once, alternating forward and reverse order"})
+        "order": "interleaved: each round runs every configuration once, alternating forward and reverse order",
+        "decode": decode})
     say = on_progress or (lambda msg: None)
-    for note in _reading_notes(configs, keeps, report.environment["cpu_busy_before"]):
+    notes = _reading_notes(configs, keeps, report.environment["cpu_busy_before"])
+    if not decode:
+        notes.insert(0, "no VAE decode (--no-decode): end-to-end times and FLOP bounds cover text encoding and the "
+                        "transformer loop only")
+    for note in notes:
         report.notes.append(note)
         say(f"note: {note}")
     with contextlib.ExitStack() as stack:
@@ -315,7 +323,8 @@ def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repea
     b = len(prompts)
     ctx = {"schedule": schedule, "batch": b, "arch": pipeline.model.cfg, "text_len": text_len,
            "cfg_scales": sampling.per_scale("cfg", len(schedule)),
-           "decode_flops": decode_flops(pipeline.vae.cfg, pipeline.codec.vae_grid(schedule.last.h, schedule.last.w), b)}
+           "decode_flops": (decode_flops(pipeline.vae.cfg, pipeline.codec.vae_grid(schedule.last.h, schedule.last.w), b)
+                            if report.settings.get("decode", True) else 0)}
     for c in configs:
         pruner = c.pruner()
         current[c] = _Runs(c, pruner, static=_static_fields(c, pruner, res, report.settings["aspect"], schedule, b),
@@ -328,7 +337,10 @@ def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repea
             if runs.error is not None:
                 continue
             try:
-                result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling)
+                if report.settings.get("decode", True):
+                    result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling)
+                else:
+                    result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling, decode=False)
             except Exception as exc:  # one configuration failing must not lose the others
                 runs.error = one_line_error(exc)
                 say(f"[{res}] {c.label}: FAILED {runs.error}")

@@ -70,10 +70,10 @@ def expand_configs(methods: Sequence[str], keeps: Sequence[float] | None) -> lis
     return out
 
 
-def run_once(pipeline, prompts: list[str], schedule: ScaleSchedule, pruner, sampling: SamplingConfig):
+def run_once(pipeline, prompts: list[str], schedule: ScaleSchedule, pruner, sampling: SamplingConfig, decode: bool = True):
     """One generation with its peak memory. A seam for tests (they inject failures here)."""
     with peak_memory(pipeline.device) as box:
-        result = pipeline.generate(prompts, schedule, pruner, sampling)
+        result = pipeline.generate(prompts, schedule, pruner, sampling, decode=decode)
     return result, box[0]
 
 
