@@ -94,11 +94,11 @@ def test_bench_report_follows_documented_schema(tmp_path):
 def _failing_run_once(fail_when):
     real = bench_mod.run_once
 
-    def fake(pipeline, prompts, schedule, pruner, sampling):
+    def fake(pipeline, prompts, schedule, pruner, sampling, **kwargs):
         exc = fail_when(schedule, pruner)
         if exc is not None:
             raise exc
-        return real(pipeline, prompts, schedule, pruner, sampling)
+        return real(pipeline, prompts, schedule, pruner, sampling, **kwargs)
 
     return fake
 
@@ -148,11 +148,11 @@ def test_every_timed_run_is_on_disk_before_the_next_starts(tiny_pipe, tmp_path, 
     # What a SIGKILL at any moment would leave: the file as it stands when the next run begins.
     snapshots, real = [], bench_mod.run_once
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         path = tmp_path / "report.json"
         rows = json.loads(path.read_text())["results"] if path.exists() else []
         snapshots.append([(r["label"], r["status"], len(r["latency_runs"])) for r in rows])
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(bench_mod, "run_once", spy)
     bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5], repeats=2, warmup=0, out_dir=tmp_path)

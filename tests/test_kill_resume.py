@@ -153,11 +153,11 @@ def test_bench_sigterm_stops_like_ctrl_c_and_marks_rows_interrupted(tiny_pipe, t
 
     calls, real = [], bench_mod.run_once
 
-    def run_once(*args):
+    def run_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:  # two timed runs of each configuration are on disk by now
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(bench_mod, "run_once", run_once)
     with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):

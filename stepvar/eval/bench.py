@@ -321,10 +321,11 @@ def _bench_all(pipeline, resolutions, schedules, configs, prompt_list, sampling,
 def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repeats, warmup, text_len, report,
                       current, emit, say) -> None:
     b = len(prompts)
+    decode = report.settings["decode"]
     ctx = {"schedule": schedule, "batch": b, "arch": pipeline.model.cfg, "text_len": text_len,
            "cfg_scales": sampling.per_scale("cfg", len(schedule)),
            "decode_flops": (decode_flops(pipeline.vae.cfg, pipeline.codec.vae_grid(schedule.last.h, schedule.last.w), b)
-                            if report.settings.get("decode", True) else 0)}
+                            if decode else 0)}
     for c in configs:
         pruner = c.pruner()
         current[c] = _Runs(c, pruner, static=_static_fields(c, pruner, res, report.settings["aspect"], schedule, b),
@@ -337,10 +338,7 @@ def _bench_resolution(pipeline, res, schedule, configs, prompts, sampling, repea
             if runs.error is not None:
                 continue
             try:
-                if report.settings.get("decode", True):
-                    result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling)
-                else:
-                    result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling, decode=False)
+                result, mem = run_once(pipeline, prompts, schedule, runs.pruner, sampling, decode=decode)
             except Exception as exc:  # one configuration failing must not lose the others
                 runs.error = one_line_error(exc)
                 say(f"[{res}] {c.label}: FAILED {runs.error}")
