@@ -14,7 +14,8 @@
 # FastVAR: the release's width rule prunes only grids 32 and 40 wide, so at 256 px `fastvar` runs
 # dense and takes no keep; there its algorithm is measured as `fastvar-pos` (the scales StepVAR
 # prunes) and `fastvar-pos-skip`. `fastvar-skip` is `fastvar` with the last two scales not run
-# (skip_last=2): at 256 px it prunes nothing and runs once, without a keep (NOKEEP).
+# (skip_last=2): at 256 and 512 px it prunes nothing (at 512 the release's one pruned grid, 32², is
+# among the two skipped) and runs once, without a keep (NOKEEP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: scripts/quality_tables.sh RESOLUTION OUTDIR [WEIGHTS_DIR]"
@@ -33,7 +34,8 @@ if [ -z "${METHODS:-}" ]; then
   case "$res" in
     256) METHODS="stepvar,stepvar-plus,fastvar-pos,fastvar-pos-skip,random,texture-only,structure-only"
          NOKEEP=${NOKEEP-fastvar-skip} ;;
-    512) METHODS="stepvar,stepvar-plus,fastvar,fastvar-skip,fastvar-pos,fastvar-pos-skip,random,texture-only,structure-only" ;;
+    512) METHODS="stepvar,stepvar-plus,fastvar,fastvar-pos,fastvar-pos-skip,random,texture-only,structure-only"
+         NOKEEP=${NOKEEP-fastvar-skip} ;;
     *) METHODS="stepvar,stepvar-plus,fastvar,fastvar-skip,fastvar-pos,fastvar-pos-skip,random,texture-only,structure-only" ;;
   esac
 fi

@@ -297,9 +297,10 @@ def test_kv_fill_flops_are_counted_planned_and_match_torch(tiny_pipe):
 
 def test_a_scale_choice_given_replaces_the_presets(tiny_pipe):
     sched = tiny_pipe.schedule("0.25M")  # 10 scales
-    assert make_pruner("stepvar-plus").pruned_scales(sched) == [8, 9]
+    assert make_pruner("stepvar-plus").pruned_scales(sched) == [9]
+    assert make_pruner("stepvar-plus", scales=[-2, -1]).pruned_scales(sched) == [8, 9]
     assert make_pruner("stepvar-plus", first_scale=6).pruned_scales(sched) == [6, 7, 8, 9]
-    assert make_pruner("stepvar-plus", scales=[-1]).pruned_scales(sched) == [9]
+    assert make_pruner("stepvar-plus", scales=[-3, -1]).pruned_scales(sched) == [7, 9]
     with pytest.raises(ConfigError):
         make_pruner("stepvar-plus", scales=[9], first_scale=6).pruned_scales(sched)
 
