@@ -9,8 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stepvar.errors import StepvarError
-from stepvar.eval.quality_tables import (bench_rows_by_label, default_grid_prompts, main_table, paired_table,
-                                         quality_markdown)
+from stepvar.eval.quality_tables import (bench_rows_by_label, default_grid_prompts, grid_labels, main_table,
+                                         paired_table, quality_markdown)
 from stepvar_cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,13 @@ def test_default_grid_prompts_cover_the_forms():
     prompts = ["a red circle", "a blue square", "two red circles", "a red circle above a blue square",
                "a green circle left of a red square", "a yellow triangle below a blue circle"]
     assert default_grid_prompts(prompts) == [0, 2, 3, 4]
+
+
+def test_grid_columns_are_the_keep_and_the_configurations_without_one():
+    configs = ["dense", "stepvar@0.3", "stepvar@0.4", "fastvar:skip_last=2@0.4", "stepvar@0.45", "fastvar-skip",
+               "fastvar-skip:cfg_drop_from=-3"]
+    assert grid_labels(configs, 0.4) == ["dense", "stepvar@0.4", "fastvar:skip_last=2@0.4", "fastvar-skip",
+                                         "fastvar-skip:cfg_drop_from=-3"]
 
 
 def test_render_script_writes_tables_and_grid(run_dir):

@@ -152,16 +152,22 @@ def default_grid_prompts(prompts: Sequence[str], n: int = 4) -> list[int]:
     return sorted(picked)[:n]
 
 
+def grid_labels(configurations: Sequence[str], keep: float) -> list[str]:
+    """The grid's columns: every configuration at `keep`, and those given no keep (dense, and presets
+    such as fastvar-skip that prune nothing at this resolution and so run once), in run order."""
+    return [c for c in configurations if "@" not in c or c.endswith("@" + f"{keep:g}")]
+
+
 def quality_grid(compare_dir: Path, out_path: Path, keep: float, prompt_ids: Sequence[int] | None = None) -> Path:
-    """A labelled grid from a finished compare: the chosen prompts as rows, dense and every configuration at `keep`."""
+    """A labelled grid from a finished compare: the chosen prompts as rows, dense and every configuration at
+    `keep` or run without one (grid_labels)."""
     import json
 
     from ..user_files import open_image_rgb
     from .compare import save_grid
 
     compare = json.loads((Path(compare_dir) / "report.json").read_text(encoding="utf-8"))
-    labels = [c for c in compare["settings"]["configurations"]
-              if c == "dense" or c.endswith("@" + f"{keep:g}")]
+    labels = grid_labels(compare["settings"]["configurations"], keep)
     prompt_ids = list(prompt_ids) if prompt_ids is not None else default_grid_prompts(compare["settings"]["prompts"])
     rows = [r for r in compare["results"] if r["status"] == "ok" and r["label"] in labels
             and r["prompt_index"] in prompt_ids]
@@ -171,5 +177,5 @@ def quality_grid(compare_dir: Path, out_path: Path, keep: float, prompt_ids: Seq
     return save_grid(Path(out_path), rows, images, labels, prompt_ids)
 
 
-__all__ = ["bench_rows_by_label", "default_grid_prompts", "main_table", "paired_table", "quality_grid",
+__all__ = ["bench_rows_by_label", "default_grid_prompts", "grid_labels", "main_table", "paired_table", "quality_grid",
            "quality_markdown", "stray_differences"]
