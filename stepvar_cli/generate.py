@@ -90,7 +90,8 @@ def generate(
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         pipe.check_schedule(schedule)
         sampling.validate(len(schedule))
-        pruner.validate(schedule, len(pipe.model.blocks))
+        for line in pruner.validate(schedule, len(pipe.model.blocks)):
+            err.print(note(line))
         if not pipe.trained:
             err.print(note(f"model {pipe.preset.name} is {pipe.status}: the image shows the architecture running, not a trained result"))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} scales"),
@@ -163,8 +164,10 @@ def _generate_set(prompt, prompts_file, out_dir, samples, batch_size, offload, m
         schedule = pipe.schedule(aspect=aspect, resolution=resolution, size=size)
         pipe.check_schedule(schedule)
         sampling.validate(len(schedule))
-        pruner.validate(schedule, len(pipe.model.blocks))
+        plan_notes = pruner.validate(schedule, len(pipe.model.blocks))
         talk = ranks.is_main and not as_json
+        for line in plan_notes if talk else []:
+            err.print(note(line))
         if not pipe.trained and talk:
             err.print(note(f"model {pipe.preset.name} is {pipe.status}: the images show the architecture running, not a trained result"))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),

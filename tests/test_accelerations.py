@@ -158,3 +158,19 @@ def test_records_and_labels_say_what_ran(tiny_pipe, sched):
     assert with_accelerations("fastvar@0.4", 10, 1) == "fastvar:cfg_drop_from=10:skip_last=1@0.4"
     assert with_accelerations("stepvar:skip_last=2", None, 1) == "stepvar:skip_last=2"  # the variant's own setting wins
     assert with_accelerations("dense", None, 0) == "dense"
+
+
+def test_a_skip_that_removes_every_pruned_scale_is_said_not_hidden(tiny_pipe, sched):
+    # stepvar-plus prunes only the last grid: skip_last=1 removes it, and the method runs as dense with the skip
+    pruner = make_pruner_from_spec("stepvar-plus:skip_last=1")
+    notes = pruner.validate(sched, 4)
+    assert len(notes) == 1 and "prunes nothing here" in notes[0] and "(6)" in notes[0]
+    r = tiny_pipe.generate("a red circle", sched, pruner, SamplingConfig(seed=0), decode=False)
+    assert r.record["pruning"]["resolved"]["note"] == notes[0]
+    dense = tiny_pipe.generate("a red circle", sched, make_pruner_from_spec("dense:skip_last=1"), SamplingConfig(seed=0),
+                               decode=False)
+    assert torch.equal(r.sample.latent_BdHW, dense.sample.latent_BdHW)
+    # a method that still prunes a scale that runs says nothing; neither does a plain skip of dense
+    assert make_pruner_from_spec("stepvar:skip_last=1").validate(sched, 4) == []
+    assert make_pruner_from_spec("dense:skip_last=2").validate(sched, 4) == []
+    assert make_pruner_from_spec("stepvar-plus").validate(sched, 4) == []

@@ -279,6 +279,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("eval-weights-no-te", ["eval", "--weights", "{fx}/export_no_te"]),
     ("eval-out-file", ["eval", "--out", "{out}/afile"]),
     ("eval-model-path", ["eval", "--model", "a/b"]),
+    ("eval-method-file-tag", ["eval", "--method-file", "{fx}/evil.yaml"]),
     # ---- train vae
     ("vae-batch-0", ["train", "vae", "--out", "{out}/r", "--batch", "0"]),
     ("vae-ckpt-every-0", ["train", "vae", "--out", "{out}/r", "--ckpt-every", "0"]),

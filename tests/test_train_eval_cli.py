@@ -45,6 +45,29 @@ def test_eval_generates_and_labels_untrained(tmp_path):
     assert (tmp_path / "o" / "eval.json").exists()
 
 
+def test_eval_takes_a_method_file_and_records_what_it_ran(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\ntwo blue squares\n")
+    (tmp_path / "mine.yaml").write_text("method: stepvar\nkeep: 0.4\n")
+    runs = {}
+    for name, extra in [("file", ["--method-file", str(tmp_path / "mine.yaml")]),
+                        ("named", ["--method", "stepvar", "--keep", "0.4"]), ("dense", [])]:
+        r = runner.invoke(app, ["eval", "--model", "tiny", "--prompts", str(prompts), "--seed", "3",
+                                "--out", str(tmp_path / name), "--json", *extra])
+        assert r.exit_code == 0, r.output
+        runs[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        saved = json.loads((tmp_path / name / "eval.json").read_text())
+        assert saved["settings"] == runs[name]["settings"]
+    same = [(tmp_path / "file" / f).read_bytes() == (tmp_path / "named" / f).read_bytes() for f in ("0000_0.png", "0001_0.png")]
+    assert same == [True, True]
+    assert (tmp_path / "file" / "0000_0.png").read_bytes() != (tmp_path / "dense" / "0000_0.png").read_bytes()
+    file_settings, named = runs["file"]["settings"], runs["named"]["settings"]
+    assert file_settings["pruning"]["method"] == "mine" and named["pruning"]["method"] == "stepvar"
+    assert file_settings["pruning"]["keep"] == named["pruning"]["keep"] == 0.4
+    assert runs["dense"]["settings"]["pruning"] == {"method": "dense"}
+    assert named["seed"] == 3 and named["samples"] == 1 and named["schedule"]["pixel_size_hw"] == [256, 256]
+
+
 def test_eval_rejects_words_outside_the_grammar(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a purple elephant\n")

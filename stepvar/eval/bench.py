@@ -211,9 +211,10 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 # ---- the bench ----------------------------------------------------------------------------------
-def _prepare(pipeline, resolutions, aspect, configs) -> dict[int, ScaleSchedule]:
-    """Schedules for every resolution, and every configuration validated on each (before any compute)."""
-    schedules = {}
+def _prepare(pipeline, resolutions, aspect, configs) -> tuple[dict[int, ScaleSchedule], list[str]]:
+    """Schedules for every resolution, and every configuration validated on each (before any compute),
+    with the notes the validation gave (once each)."""
+    schedules, plan_notes = {}, []
     depth = len(pipeline.model.blocks)
     for res in resolutions:
         sched = schedule_for(res, aspect, pipeline.vae.cfg.token_stride)
@@ -222,11 +223,11 @@ def _prepare(pipeline, resolutions, aspect, configs) -> dict[int, ScaleSchedule]
                               f"{pipeline.model.cfg.num_levels} level embeddings")
         for c in configs:
             try:
-                c.pruner().validate(sched, depth)
+                plan_notes += [f"{c.label} at {res}: {n}" for n in c.pruner().validate(sched, depth)]
             except ConfigError as exc:
                 raise ConfigError(f"{c.label} at {res}: {exc}") from None
         schedules[res] = sched
-    return schedules
+    return schedules, plan_notes
 
 
 def _reading_notes(configs: list[BenchConfig], keeps, cpu_busy: float | None) -> list[str]:
@@ -251,7 +252,7 @@ def run_bench(pipeline, resolutions: Sequence[int], methods: Sequence[str], keep
     if repeats < 1 or warmup < 0 or batch < 1:
         raise ConfigError(f"need --repeats >= 1, --warmup >= 0, --batch >= 1 (got {repeats}, {warmup}, {batch})")
     configs = expand_configs(methods, keeps)
-    schedules = _prepare(pipeline, resolutions, aspect, configs)
+    schedules, plan_notes = _prepare(pipeline, resolutions, aspect, configs)
     base = sampling or SamplingConfig()
     sampling = SamplingConfig(cfg=base.cfg, tau=base.tau, top_p=base.top_p, seed=seed)
     prompt_list = [list(prompts)[i % len(prompts)] for i in range(batch)]
@@ -263,7 +264,7 @@ def run_bench(pipeline, resolutions: Sequence[int], methods: Sequence[str], keep
         "order": "interleaved: each round runs every configuration once, alternating forward and reverse order",
         "decode": decode})
     say = on_progress or (lambda msg: None)
-    notes = _reading_notes(configs, keeps, report.environment["cpu_busy_before"])
+    notes = _reading_notes(configs, keeps, report.environment["cpu_busy_before"]) + plan_notes
     if not decode:
         notes.insert(0, "no VAE decode (--no-decode): end-to-end times and FLOP bounds cover text encoding and the "
                         "transformer loop only")

@@ -93,9 +93,10 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     schedule = schedule or pipeline.schedule()
     configs = expand_configs(methods, keeps)
     depth = len(pipeline.model.blocks)
+    plan_notes = []
     for c in configs:
         try:
-            c.pruner().validate(schedule, depth)
+            plan_notes += [f"{c.label}: {n}" for n in c.pruner().validate(schedule, depth)]
         except ConfigError as exc:
             raise ConfigError(f"{c.label}: {exc}") from None
     base = sampling or SamplingConfig()
@@ -103,6 +104,8 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     sampling.validate(len(schedule))
     prompts = pipeline.check_prompts(prompts)
     say = on_progress or (lambda msg: None)
+    for n in plan_notes:
+        say(f"note: {n}")
     with output_lock(prepare_out_dir(out_dir), on_note=lambda m: say(f"note: {m}")) as out:
         return _compare_all(pipeline, prompts, configs, seed, schedule, out, sampling, warmup, say)
 

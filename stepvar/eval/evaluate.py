@@ -7,6 +7,7 @@ pruning quality is measurable without a GPU and without a person judging picture
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,11 +21,21 @@ from ..toy.evaluator import EvalReport, evaluate, load_prompts
 from ..toy.grammar import parse
 
 
+class PipelineEval(NamedTuple):
+    report: EvalReport
+    images: list[np.ndarray]
+    settings: dict  # what the images depend on: model, schedule, sampling, method, seeds
+
+
+
 def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: Pruner | None = None,
                       sampling: SamplingConfig | None = None, samples: int = 1, out_dir: Path | None = None,
-                      on_image=None, schedule: ScaleSchedule | None = None) -> tuple[EvalReport, list[np.ndarray]]:
+                      on_image=None, schedule: ScaleSchedule | None = None) -> PipelineEval:
     """Generate `samples` images per prompt (seeds seed, seed+1, ...) on `schedule` (default: the
-    model's own) and score them."""
+    model's own) and score them; eval.json in `out_dir` carries the settings beside the scores."""
+    from ..batch_generate import image_settings
+    from ..pruning.registry import make_pruner
+
     prompts = load_prompts() if prompts is None else prompts
     for p in prompts:
         parse(p)  # every prompt must be in the world's grammar: fail before generating anything
@@ -32,9 +43,11 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
     schedule = schedule or pipe.schedule()
     pipe.check_schedule(schedule)
     sampling.validate(len(schedule))  # bad settings fail here, before the first image
-    if pruner is not None:
-        pruner.validate(schedule, len(pipe.model.blocks))
+    pruner = make_pruner("dense") if pruner is None else pruner
+    pruner.validate(schedule, len(pipe.model.blocks))
     base_seed = 0 if sampling.seed is None else sampling.seed
+    settings = image_settings(pipe, schedule, pruner, sampling) | {"seed": base_seed, "samples": samples,
+                                                                   "seed_rule": "sample s draws with seed + s"}
     images, used = [], []
     for i, prompt in enumerate(prompts):
         for s in range(samples):
@@ -48,8 +61,9 @@ def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: 
                 on_image(len(images), len(prompts) * samples)
     report = evaluate(images, used)
     if out_dir is not None:
-        save_json(out_dir / "eval.json", report.to_dict() | {"model": pipe.preset.name, "model_status": pipe.status})
-    return report, images
+        save_json(out_dir / "eval.json", report.to_dict() | {"model": pipe.preset.name, "model_status": pipe.status,
+                                                              "settings": settings})
+    return PipelineEval(report, images, settings)
 
 
 def evaluate_image_dir(directory: Path) -> EvalReport:

@@ -80,9 +80,15 @@ def apply(plan: PruningPlan, acc: Accelerations, schedule: ScaleSchedule, method
         keep = {si: k for si, k in plan.keep.items() if si not in skipped}
         changes.update(skipped=skipped, keep=keep, kept={si: k for si, k in plan.kept.items() if si in keep},
                        kv_filled={si: k for si, k in plan.kv_filled.items() if si in keep})
-        if not keep and plan.extra.get("cache_scale") is not None:
+        extra = dict(plan.extra)
+        if not keep and extra.get("cache_scale") is not None:
             # Every scale that would have read the method's restoration cache is skipped: nothing records it.
-            changes["extra"] = {**plan.extra, "cache_scale": None}
+            extra["cache_scale"] = None
+        if plan.keep and not keep:
+            # Legal, and easy to do by accident (a last-grid preset with skip_last=1): say it in the record.
+            extra["note"] = (f"{method} prunes nothing here: skip_last={acc.skip_last} skips every scale it prunes "
+                             f"({', '.join(str(si) for si in sorted(plan.keep))}), so it runs as dense with the skip")
+        changes["extra"] = extra
     if acc.cfg_drop_from is not None:
         k = acc.cfg_drop_from + n if acc.cfg_drop_from < 0 else acc.cfg_drop_from
         last = n - 1 - acc.skip_last  # the last scale that runs

@@ -185,9 +185,11 @@ class Pruner(ABC):
         """The method's plan with the accelerations applied: what a generation runs and is accounted by."""
         return apply_accelerations(self.plan(schedule, depth), self.accelerations, schedule, self.name)
 
-    def validate(self, schedule: ScaleSchedule, depth: int) -> None:
-        """Raise ConfigError if this configuration cannot run on the schedule/model."""
-        self.resolved_plan(schedule, depth)
+    def validate(self, schedule: ScaleSchedule, depth: int) -> list[str]:
+        """Raise ConfigError if this configuration cannot run on the schedule/model; return the notes
+        worth showing a user about what it will run (e.g. that an acceleration removed all its pruning)."""
+        note = self.resolved_plan(schedule, depth).extra.get("note")
+        return [note] if note else []
 
     def begin(self, schedule: ScaleSchedule, depth: int) -> None:
         """Called once before a generation; a method with per-generation state extends it."""
