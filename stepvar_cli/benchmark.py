@@ -105,6 +105,8 @@ def bench(
         text = prompt if prompt is not None else load_model_preset(model).example_prompt
         if flops_only:
             report = _flops_only(model, resolution, methods_list, keeps, batch, text, aspect, sampling)
+            for line in report.notes:
+                err.print(note(line))
             if out_dir is not None:
                 save_bench_report(report, out_dir, on_note=lambda m: err.print(f"note: {m}", highlight=False))
         else:

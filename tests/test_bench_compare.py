@@ -375,3 +375,20 @@ def test_bench_without_decode_times_text_and_loop_only(tiny_pipe, tmp_path):
         assert row["decode_s"] < 0.05 * row["transformer_s"] and row["transformer_speedup_vs_dense"] is not None
     with_decode = bench_mod.run_bench(tiny_pipe, [256], ["stepvar"], [0.5], repeats=1, warmup=0)
     assert all(r["flops_decode"] > 0 for r in with_decode.rows) and with_decode.settings["decode"] is True
+
+
+def test_compare_and_bench_say_when_a_skip_removes_all_pruning(tmp_path):
+    # stepvar-plus prunes only the last grid; skip_last=1 skips it, so it runs as dense:skip_last=1
+    r = run("compare", *TINY, "--prompt", "a red circle", "--methods", "dense,stepvar-plus:skip_last=1@0.4",
+            "--warmup", 0, "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("prunes nothing here") == 1
+    row = json.loads((tmp_path / "c" / "report.json").read_text())["results"][1]
+    assert row["pruned_scales"] == [] and row["skipped_scales"] == [6]
+    r = run("bench", *TINY, "--resolution", "256", "--methods", "dense,stepvar-plus:skip_last=1@0.4,stepvar@0.4",
+            "--flops-only", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    notes = json.loads((tmp_path / "b" / "report.json").read_text())["notes"]
+    assert [n for n in notes if "prunes nothing here" in n] == [
+        "stepvar-plus:skip_last=1 prunes nothing here: skip_last=1 skips every scale it prunes (6), so it runs "
+        "as dense with the skip (at 256 px)"]

@@ -171,6 +171,8 @@ def test_method_variant_specs():
 
     assert split_method_list("dense, stepvar:scales=[5,6]:norm=rank,fastvar") == [
         "dense", "stepvar:scales=[5,6]:norm=rank", "fastvar"]
+    assert split_method_list("dense,stepvar:keep={-2: 0.6, -1: 0.4},fastvar") == [
+        "dense", "stepvar:keep={-2: 0.6, -1: 0.4}", "fastvar"]
     p = make_pruner_from_spec("stepvar:norm=rank:w_str=2", keep=0.3)
     assert (p.config.norm, p.config.w_str, p.config.keep) == ("rank", 2, 0.3)
     assert make_pruner_from_spec("stepvar:keep=0.5", keep=0.3).config.keep == 0.5
@@ -246,3 +248,16 @@ def test_fastvar_release_rule_on_aspect_templates_is_completed_and_said():
     assert "no 576-token scale" in fv.config_dict()["resolved"]["notes"][0]
     fv.begin(get_schedule("1M", 1.0), 32)
     assert fv.config_dict()["resolved"]["notes"] == []
+
+
+def test_a_per_scale_keep_variant_counts_negative_scales_from_the_end(tiny_pipe):
+    from stepvar.pruning.registry import make_pruner_from_spec
+
+    sched = tiny_pipe.schedule("0.25M")  # 10 scales
+    by_end = make_pruner_from_spec("stepvar-plus:keep={-3: 0.55, -2: 0.75}").resolved_plan(sched, 4)
+    by_index = make_pruner_from_spec("stepvar-plus:scales=[7,8]:keep={7: 0.55, 8: 0.75}").resolved_plan(sched, 4)
+    assert by_end.keep == by_index.keep == {7: 0.55, 8: 0.75} and by_end.kept == by_index.kept
+    with pytest.raises(ConfigError, match="twice"):
+        make_pruner_from_spec("stepvar:scales=[8]:keep={8: 0.5, -2: 0.4}").resolved_plan(sched, 4)
+    with pytest.raises(ConfigError, match="no keep ratio"):
+        make_pruner_from_spec("stepvar:scales=[7,8]:keep={-2: 0.4}").resolved_plan(sched, 4)

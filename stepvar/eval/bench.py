@@ -223,7 +223,7 @@ def _prepare(pipeline, resolutions, aspect, configs) -> tuple[dict[int, ScaleSch
                               f"{pipeline.model.cfg.num_levels} level embeddings")
         for c in configs:
             try:
-                plan_notes += [f"{c.label} at {res}: {n}" for n in c.pruner().validate(sched, depth)]
+                plan_notes += [f"{n} (at {res} px)" for n in c.pruner().validate(sched, depth)]
             except ConfigError as exc:
                 raise ConfigError(f"{c.label} at {res}: {exc}") from None
         schedules[res] = sched
@@ -392,6 +392,7 @@ def plan_bench(preset_name: str, resolutions: Sequence[int], methods: Sequence[s
         dec = decode_flops(vae_cfg, codec.vae_grid(sched.last.h, sched.last.w), batch)
         for c in configs:
             pruner = c.pruner()
+            report.notes += [f"{n} (at {res} px)" for n in pruner.validate(sched, arch.depth)]
             guided = guided_cfgs(cfg_scales, pruner.resolved_plan(sched, arch.depth))
             flops = plan_flops(arch, sched, pruner, rows_per_scale(guided, batch), text_len, batch)
             counts, skip = planned_counts(pruner, sched, arch.depth)

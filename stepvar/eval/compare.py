@@ -96,7 +96,7 @@ def run_compare(pipeline, prompts: Sequence[str], methods: Sequence[str], keeps:
     plan_notes = []
     for c in configs:
         try:
-            plan_notes += [f"{c.label}: {n}" for n in c.pruner().validate(schedule, depth)]
+            plan_notes += c.pruner().validate(schedule, depth)  # each note names its configuration
         except ConfigError as exc:
             raise ConfigError(f"{c.label}: {exc}") from None
     base = sampling or SamplingConfig()

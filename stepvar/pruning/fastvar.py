@@ -83,7 +83,7 @@ class FastVAR(Pruner):
         else:
             notes = [note for note in rel.notes if "skipped before the end" in note]
             scales = resolve_scales(c.scales, c.first_scale, schedule)
-            keep = resolve_keep(0.6 if c.keep is None else c.keep, scales)
+            keep = resolve_keep(0.6 if c.keep is None else c.keep, scales, len(schedule))
             layers = (release_layers(depth, c.dense_prefix, c.dense_suffix) if c.rule == "release"
                       else dense_layer_split(depth, c.dense_prefix, c.dense_suffix))
         keep = {si: k for si, k in keep.items() if si not in skip}

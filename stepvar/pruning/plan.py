@@ -133,8 +133,9 @@ def resolve_indices(spec: list[int] | None, first_scale: int | None, n: int, def
     return sorted(set(out))
 
 
-def resolve_keep(keep: float | dict | list, scales: list[int]) -> dict[int, float]:
-    """One keep ratio for all pruned scales, a list aligned with them, or {scale: keep}."""
+def resolve_keep(keep: float | dict | list, scales: list[int], n: int | None = None) -> dict[int, float]:
+    """One keep ratio for all pruned scales, a list aligned with them, or {scale: keep}; with the
+    schedule's length n, a mapping's negative scales count from the end, as `scales` do."""
     if isinstance(keep, (int, float)):
         return {si: check_keep(float(keep)) for si in scales}
     if isinstance(keep, (list, tuple)):
@@ -142,7 +143,12 @@ def resolve_keep(keep: float | dict | list, scales: list[int]) -> dict[int, floa
             raise ConfigError(f"{len(keep)} keep ratios given for {len(scales)} pruned scales {scales}")
         return {si: check_keep(float(k)) for si, k in zip(scales, keep)}
     if isinstance(keep, dict):
-        table = {int(k): check_keep(float(v)) for k, v in keep.items()}
+        table = {}
+        for k, v in keep.items():
+            si = int(k) + (n if n is not None and int(k) < 0 else 0)
+            if si in table:
+                raise ConfigError(f"keep names scale {si} twice ({k} and another index of the same scale)")
+            table[si] = check_keep(float(v))
         missing = [si for si in scales if si not in table]
         if missing:
             raise ConfigError(f"no keep ratio for pruned scales {missing}")

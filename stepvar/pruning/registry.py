@@ -218,7 +218,7 @@ def parse_method_spec(spec: str) -> tuple[str, dict]:
     Lets compare and bench put variants of one method side by side without a preset file.
     Values are read as YAML scalars or lists ('scales=[9,10]').
     """
-    name, *parts = spec.strip().split(":")
+    name, *parts = split_outside_brackets(spec.strip(), ":")
     overrides = {}
     for part in parts:
         key, sep, value = part.partition("=")
@@ -229,19 +229,25 @@ def parse_method_spec(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def split_method_list(text: str) -> list[str]:
-    """Split 'dense,stepvar:scales=[9,10],fastvar' on the commas outside brackets."""
+def split_outside_brackets(text: str, sep: str) -> list[str]:
+    """text split on `sep` where it stands outside [] and {} (a variant's value may be a YAML list or
+    mapping: 'stepvar:scales=[9,10]', 'stepvar:keep={-2: 0.6, -1: 0.4}')."""
     out, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == sep and depth == 0:
             out.append(cur)
             cur = ""
         else:
             cur += ch
     out.append(cur)
-    specs = [s.strip() for s in out if s.strip()]
+    return out
+
+
+def split_method_list(text: str) -> list[str]:
+    """Split 'dense,stepvar:scales=[9,10],fastvar' on the commas outside brackets and braces."""
+    specs = [s.strip() for s in split_outside_brackets(text, ",") if s.strip()]
     if not specs:
         raise ConfigError("--methods is empty")
     return specs
@@ -249,6 +255,8 @@ def split_method_list(text: str) -> list[str]:
 
 def make_pruner_from_spec(spec: str, keep: float | list | dict | None = None) -> Pruner:
     name, overrides = parse_method_spec(spec)
+    if isinstance(overrides.get("keep"), dict) and "scales" not in overrides and "first_scale" not in overrides:
+        overrides["scales"] = sorted(overrides["keep"])  # a per-scale keep names its scales, as --keep-per-scale does
     pruner = make_pruner(name, keep=overrides.pop("keep", keep), **overrides)
     pruner.name = spec.strip()
     return pruner

@@ -98,7 +98,7 @@ class StepVAR(Pruner):
     def plan(self, schedule: ScaleSchedule, depth: int) -> PruningPlan:
         c = self.config
         scales = resolve_scales(c.scales, c.first_scale, schedule)
-        keep = resolve_keep(c.keep, scales)
+        keep = resolve_keep(c.keep, scales, len(schedule))
         self.restoration.check_plan({si: (schedule.scales[si].h, schedule.scales[si].w) for si in keep})
         kept = {si: keep_count(schedule.scales[si].n, k, rounding=c.rounding) for si, k in keep.items()}
         layers = dense_layer_split(depth, c.dense_prefix, c.dense_suffix)
