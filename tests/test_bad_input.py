@@ -440,8 +440,8 @@ def invoke(argv: list[str], fx: Path, out: Path):
 
 
 @pytest.mark.parametrize("case_id, argv", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_table_263_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
-    """263 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
+def test_bad_input_table_264_cases(case_id, argv, fx, tmp_path, monkeypatch, no_hang, no_work):
+    """264 bad inputs over every command: exit 2, one line on stderr, no traceback, nothing written."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "afile").write_text("a file where a directory is expected\n")
@@ -459,7 +459,7 @@ def test_bad_input_table_263_cases(case_id, argv, fx, tmp_path, monkeypatch, no_
 
 
 def test_case_count_in_the_name_is_true():
-    assert len(CASES) == 263 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) == 264 and len({c[0] for c in CASES}) == len(CASES)
 
 
 # ---- security: each refused with one line, quickly ------------------------------------------------
