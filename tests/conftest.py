@@ -51,3 +51,13 @@ def official_copy(name: str) -> Path | None:
     named it in STEPVAR_OFFICIAL_CODE; elsewhere, CI included, it is skipped."""
     root = os.environ.get("STEPVAR_OFFICIAL_CODE")
     return Path(root) / name if root else None
+
+
+def load_script(name: str):
+    """scripts/NAME.py imported as a module (the scripts are not a package), for tests of their functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

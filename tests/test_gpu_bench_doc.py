@@ -1,22 +1,12 @@
 """scripts/gpu_bench_doc.py: the page gpu_bench.sh writes, from real records of a CPU run (its GPU
 figures cannot be produced here; the layout and the reading of the records can)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
+from conftest import load_script
 from typer.testing import CliRunner
 
 from stepvar_cli.app import app
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _doc_module():
-    spec = importlib.util.spec_from_file_location("gpu_bench_doc", ROOT / "scripts" / "gpu_bench_doc.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_offload_table_reads_generate_records_and_says_which_run_failed(tmp_path):
@@ -25,7 +15,7 @@ def test_offload_table_reads_generate_records_and_says_which_run_failed(tmp_path
         r = runner.invoke(app, ["generate", "--model", "tiny", "--device", "cpu", "-p", "a red circle", "--offload", mode,
                                 "--out", str(tmp_path / f"offload_{mode}.png"), "--json"])
         assert r.exit_code == 0, r.output
-    doc = _doc_module()
+    doc = load_script("gpu_bench_doc")
     records = doc.read_offload_records(tmp_path)
     assert records["text-encoder"] is None and records["model"]["offload"] == "model"
     rows = {line.split("|")[1].strip(): line for line in doc.offload_table(records) if line.startswith("| ")}

@@ -1,18 +1,16 @@
 """Refactors must not change a single pixel: every method's images on the embedded model,
 compared with references recorded before the change (scripts/record_regression.py)."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recorder():
-    spec = importlib.util.spec_from_file_location("record_regression", ROOT / "scripts" / "record_regression.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("record_regression")
 
 
 def test_images_bit_identical_to_recorded_references():
