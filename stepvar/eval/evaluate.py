@@ -27,7 +27,6 @@ class PipelineEval(NamedTuple):
     settings: dict  # what the images depend on: model, schedule, sampling, method, seeds
 
 
-
 def evaluate_pipeline(pipe: Pipeline, prompts: list[str] | None = None, pruner: Pruner | None = None,
                       sampling: SamplingConfig | None = None, samples: int = 1, out_dir: Path | None = None,
                       on_image=None, schedule: ScaleSchedule | None = None) -> PipelineEval:
